@@ -1,0 +1,57 @@
+#pragma once
+
+// TROUPE_MESSAGE(T, fields...) gives a message struct its whole contract in one
+// place: the CAF inspect overload (binary serialization across nodes and
+// to_string), JSON conversion (to_json / from_json, missing fields keep their
+// defaults) and equality. Listing the fields once means the three can never drift.
+
+#include <tuple>
+
+#include <caf/meta/type_name.hpp>
+#include <nlohmann/json.hpp>
+
+#define TROUPE_PP_EXPAND(x) x
+#define TROUPE_PP_NARG(...)                                                    \
+  TROUPE_PP_EXPAND(TROUPE_PP_NARG_(__VA_ARGS__, 16, 15, 14, 13, 12, 11, 10, 9, \
+                                   8, 7, 6, 5, 4, 3, 2, 1))
+#define TROUPE_PP_NARG_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12,     \
+                        _13, _14, _15, _16, N, ...)                            \
+  N
+#define TROUPE_PP_CAT(a, b) TROUPE_PP_CAT_(a, b)
+#define TROUPE_PP_CAT_(a, b) a##b
+
+// TROUPE_PP_PREFIX(p, a, b, c) -> p.a, p.b, p.c
+#define TROUPE_PP_PREFIX(p, ...)                                               \
+  TROUPE_PP_CAT(TROUPE_PP_PREFIX_, TROUPE_PP_NARG(__VA_ARGS__))(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_1(p, a) p.a
+#define TROUPE_PP_PREFIX_2(p, a, ...) p.a, TROUPE_PP_PREFIX_1(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_3(p, a, ...) p.a, TROUPE_PP_PREFIX_2(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_4(p, a, ...) p.a, TROUPE_PP_PREFIX_3(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_5(p, a, ...) p.a, TROUPE_PP_PREFIX_4(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_6(p, a, ...) p.a, TROUPE_PP_PREFIX_5(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_7(p, a, ...) p.a, TROUPE_PP_PREFIX_6(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_8(p, a, ...) p.a, TROUPE_PP_PREFIX_7(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_9(p, a, ...) p.a, TROUPE_PP_PREFIX_8(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_10(p, a, ...) p.a, TROUPE_PP_PREFIX_9(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_11(p, a, ...) p.a, TROUPE_PP_PREFIX_10(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_12(p, a, ...) p.a, TROUPE_PP_PREFIX_11(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_13(p, a, ...) p.a, TROUPE_PP_PREFIX_12(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_14(p, a, ...) p.a, TROUPE_PP_PREFIX_13(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_15(p, a, ...) p.a, TROUPE_PP_PREFIX_14(p, __VA_ARGS__)
+#define TROUPE_PP_PREFIX_16(p, a, ...) p.a, TROUPE_PP_PREFIX_15(p, __VA_ARGS__)
+
+/// Defines inspect, to_json/from_json and operator== for a message struct.
+#define TROUPE_MESSAGE(T, ...)                                                 \
+  template <class Inspector>                                                   \
+  typename Inspector::result_type inspect(Inspector& f, T& x) {                \
+    return f(caf::meta::type_name("troupe::" #T),                              \
+             TROUPE_PP_PREFIX(x, __VA_ARGS__));                                \
+  }                                                                            \
+  inline bool operator==(const T& lhs, const T& rhs) {                         \
+    return std::tie(TROUPE_PP_PREFIX(lhs, __VA_ARGS__))                        \
+           == std::tie(TROUPE_PP_PREFIX(rhs, __VA_ARGS__));                    \
+  }                                                                            \
+  inline bool operator!=(const T& lhs, const T& rhs) {                         \
+    return !(lhs == rhs);                                                      \
+  }                                                                            \
+  NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(T, __VA_ARGS__)

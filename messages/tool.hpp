@@ -1,0 +1,87 @@
+#pragma once
+
+// The tool protocol: agent -> (breaker ->) tool adapter.
+//   tool_call{call_id, name, args, idempotency_key, deadline} -> tool_result{ok, content, error, attempts}
+// A tool adapter always replies with a tool_result; failures are values in it, so
+// the agent can show them to the model as observations.
+
+#include <cstdint>
+#include <string>
+
+#include <caf/replies_to.hpp>
+#include <caf/typed_actor.hpp>
+
+#include "messages/common.hpp"
+#include "messages/json_value.hpp"
+
+namespace troupe {
+
+/// Why a tool call failed.
+enum class tool_error_kind : uint8_t {
+  none,
+  /// The arguments failed the tool's JSON Schema or could not be parsed.
+  invalid_arguments,
+  /// No tool of that name is available to the caller.
+  unknown_tool,
+  /// The call did not finish before its deadline.
+  timeout,
+  /// Worth retrying: the tool said so (network blip, 503...).
+  transient,
+  /// Not worth retrying: the tool said so, or threw.
+  permanent,
+  /// The tool's circuit breaker is open.
+  circuit_open,
+  /// Policy or a human said no.
+  denied,
+};
+
+NLOHMANN_JSON_SERIALIZE_ENUM(tool_error_kind,
+                             {{tool_error_kind::none, "none"},
+                              {tool_error_kind::invalid_arguments,
+                               "invalid_arguments"},
+                              {tool_error_kind::unknown_tool, "unknown_tool"},
+                              {tool_error_kind::timeout, "timeout"},
+                              {tool_error_kind::transient, "transient"},
+                              {tool_error_kind::permanent, "permanent"},
+                              {tool_error_kind::circuit_open, "circuit_open"},
+                              {tool_error_kind::denied, "denied"}})
+
+/// A typed tool failure.
+struct tool_error {
+  tool_error_kind kind = tool_error_kind::none;
+  std::string message;
+};
+TROUPE_MESSAGE(tool_error, kind, message)
+
+/// A request to run one tool once.
+struct tool_call {
+  run_ref ref;
+  std::string agent;
+  int32_t step = 0;
+  std::string call_id;
+  std::string name;
+  json_value args;
+  /// Stable across retries; passed to the tool for external systems.
+  std::string idempotency_key;
+  /// Unix time in milliseconds after which the result is useless; 0 = none.
+  int64_t deadline_ms = 0;
+};
+TROUPE_MESSAGE(tool_call, ref, agent, step, call_id, name, args,
+               idempotency_key, deadline_ms)
+
+/// The outcome of a tool call.
+struct tool_result {
+  std::string call_id;
+  std::string name;
+  bool ok = false;
+  json_value content;
+  tool_error error;
+  int32_t attempts = 0;
+};
+TROUPE_MESSAGE(tool_result, call_id, name, ok, content, error, attempts)
+
+/// Anything that runs tool calls: an adapter, a breaker, a remote proxy.
+using tool_actor =
+  caf::typed_actor<caf::replies_to<tool_call>::with<tool_result>>;
+
+} // namespace troupe

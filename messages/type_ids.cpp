@@ -1,0 +1,30 @@
+#include "messages/type_ids.hpp"
+
+#include <caf/actor_system_config.hpp>
+
+#include "messages/errors.hpp"
+
+namespace troupe {
+
+const char* to_string(run_status x) {
+  switch (x) {
+    case run_status::complete:
+      return "complete";
+    case run_status::max_steps:
+      return "max_steps";
+    case run_status::failed:
+      return "failed";
+    case run_status::halted:
+      return "halted";
+    case run_status::cancelled:
+      return "cancelled";
+  }
+  return "unknown";
+}
+
+void register_messages(caf::actor_system_config& cfg) {
+  cfg.add_message_types<caf::id_block::troupe>();
+  register_error_category(cfg);
+}
+
+} // namespace troupe
