@@ -12,6 +12,7 @@
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
 
+#include "messages/define.hpp"
 #include "messages/json_value.hpp"
 
 namespace troupe {

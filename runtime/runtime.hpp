@@ -1,0 +1,171 @@
+#pragma once
+
+// troupe::runtime is the facade a C++ user touches. It owns the actor system
+// (with CAF's middleman loaded for distribution), the tool and model
+// registries, the tracer, the blocking pool for tool bodies and the I/O
+// threads, and it stops all of them cleanly.
+//
+//   troupe::runtime rt;
+//   rt.tools().add(troupe::calculator_tool());
+//   troupe::agent_spec spec;
+//   spec.name = "support";
+//   spec.model = "scripted:support.script.json";
+//   spec.tools = {"calculator"};
+//   auto agent = rt.spawn_agent(spec);
+//   auto result = rt.run(agent, "How much is 15% of 240?");
+//
+// Errors in set-up (an unknown tool, a bad script file) are thrown as
+// std::invalid_argument / std::runtime_error naming what was wrong; a run's own
+// failures come back in its run_result.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <caf/fwd.hpp>
+
+#include "actors/agent.hpp"
+#include "actors/tracer.hpp"
+#include "messages/run.hpp"
+#include "runtime/tool_registry.hpp"
+
+namespace troupe {
+
+class blocking_pool;
+class io_pool;
+
+/// How a runtime is set up.
+struct runtime_config {
+  /// CAF scheduler threads; 0 = one per core.
+  size_t scheduler_threads = 0;
+  /// Threads that run tool bodies.
+  size_t blocking_threads = 4;
+  /// Threads that run network I/O.
+  size_t io_threads = 1;
+  /// JSONL trace file (appended to); empty for none.
+  std::string trace_path;
+  /// Called with every trace record (see actors/tracer.hpp).
+  std::vector<trace_listener> trace_listeners;
+  /// Model for agents whose spec names none, e.g. "scripted:support.json".
+  std::string default_model;
+  /// Loads CAF's middleman (needed for nodes; off saves a thread in tests).
+  bool load_middleman = true;
+};
+
+/// Per-run settings.
+struct run_options {
+  /// Who the run acts for.
+  std::string principal = "local";
+  budget_limits budget;
+  /// Overrides the agent's step limit when > 0 (the smaller wins).
+  int32_t max_steps = 0;
+  json context;
+  /// How long the caller waits before the run counts as failed.
+  std::chrono::milliseconds timeout{std::chrono::minutes{10}};
+  /// Leave empty to get a fresh id.
+  std::string run_id;
+};
+
+/// Called once with a run's result, on an actor thread: keep it short.
+using run_callback = std::function<void(run_result)>;
+
+/// Owns an actor system and everything agents need.
+class runtime {
+public:
+  explicit runtime(runtime_config cfg = {});
+
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+
+  /// Calls shutdown().
+  ~runtime();
+
+  /// The registry agents pick their tools from.
+  tool_registry& tools() noexcept {
+    return tools_;
+  }
+
+  /// Registers a model actor under a name agents can use.
+  void add_model(const std::string& name, model_actor model);
+
+  /// The model actor for a name: a registered one, or "scripted:FILE" (the
+  /// script is loaded once per file). Throws std::invalid_argument naming the
+  /// model when it is unknown or its script is bad.
+  model_actor model(const std::string& name);
+
+  /// The actor serving a registered tool (one adapter per tool and version).
+  /// Throws std::invalid_argument when there is no such tool.
+  tool_actor tool(const std::string& name, const std::string& version = "");
+
+  /// Spawns an agent; its model and tools are resolved now. Throws
+  /// std::invalid_argument naming the agent and what is wrong.
+  runnable_actor spawn_agent(agent_spec spec);
+
+  /// Builds the run_task for a goal.
+  run_task make_task(std::string goal, const run_options& opts = {}) const;
+
+  /// Runs a task and waits for its result. Never throws for a run's failure:
+  /// a target that dies or does not answer in time gives a failed run_result
+  /// whose error says so.
+  run_result run(const runnable_actor& target, std::string goal,
+                 const run_options& opts = {});
+
+  /// Runs a prepared task and waits for its result.
+  run_result run_task_blocking(const runnable_actor& target, run_task task,
+                               std::chrono::milliseconds timeout);
+
+  /// Starts a run and returns at once; the future yields its result.
+  std::future<run_result> submit(const runnable_actor& target, std::string goal,
+                                 const run_options& opts = {});
+
+  /// Starts a run and returns at once; `done` gets the result.
+  void submit(const runnable_actor& target, run_task task,
+              std::chrono::milliseconds timeout, run_callback done);
+
+  /// Waits until every trace record sent so far is written.
+  void flush_trace();
+
+  /// The tracer (for components that trace themselves).
+  tracer_actor tracer() const;
+
+  /// The actor system.
+  caf::actor_system& system();
+
+  /// The I/O threads' pool.
+  io_pool& io();
+
+  /// The pool that runs tool bodies.
+  std::shared_ptr<blocking_pool> blocking();
+
+  /// Stops every actor the runtime spawned, then the pools and the actor
+  /// system. Idempotent.
+  void shutdown();
+
+private:
+  /// Keeps track of an actor so shutdown() can stop it.
+  void own(const caf::actor_addr& addr);
+
+  runtime_config cfg_;
+  tool_registry tools_;
+  std::unique_ptr<caf::actor_system_config> sys_cfg_;
+  std::unique_ptr<caf::actor_system> sys_;
+  std::shared_ptr<blocking_pool> blocking_;
+  std::unique_ptr<io_pool> io_;
+  tracer_actor tracer_;
+  std::mutex mtx_;
+  std::map<std::string, model_actor> models_;
+  std::map<std::string, tool_actor> adapters_;
+  std::vector<caf::actor_addr> owned_;
+  bool stopped_ = false;
+};
+
+/// A failed run_result for a run that never produced one of its own.
+run_result failed_result(const run_task& task, std::string error);
+
+} // namespace troupe

@@ -1,0 +1,69 @@
+#pragma once
+
+// Swarm files: a swarm of agents described in JSON, so `troupe run` can run it
+// without C++. The format (docs/swarm-files.md has the reference):
+//
+//   {
+//     "name": "support-desk",
+//     "model": "scripted:support.script.json",   // default model of its agents
+//     "tools": {"kv_lookup": {"file": "knowledge.json"}},  // builtin tool settings
+//     "agents": [{"name": "support", "system_prompt": "...",
+//                 "tools": ["calculator", "kv_lookup", "clock"],
+//                 "max_steps": 8, "max_parallel_tools": 4}],
+//     "entry": "support"
+//   }
+//
+// Relative file paths are resolved against the swarm file's folder. Every
+// error names the file and the JSON pointer of the bad field.
+
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "actors/agent.hpp"
+#include "messages/json_value.hpp"
+#include "messages/run.hpp"
+
+namespace troupe {
+
+class runtime;
+
+/// A swarm file is unreadable or wrong; what() names the file and the field.
+class swarm_error : public std::invalid_argument {
+public:
+  using std::invalid_argument::invalid_argument;
+};
+
+/// A parsed, checked swarm file.
+struct swarm_definition {
+  std::string origin;
+  std::string name;
+  std::string description;
+  /// Settings of builtin tools, by tool name.
+  std::map<std::string, json> tool_settings;
+  std::vector<agent_spec> agents;
+  /// The agent that receives the goal.
+  std::string entry;
+};
+
+/// Reads and checks a swarm file, including the script files its scripted
+/// models name. Throws swarm_error.
+swarm_definition load_swarm(const std::string& path);
+
+/// Checks a swarm document; `origin` names it in errors and `base_dir`
+/// resolves relative paths. Throws swarm_error.
+swarm_definition parse_swarm(const json& doc, const std::string& origin,
+                             const std::string& base_dir);
+
+/// A swarm's agents, spawned.
+struct swarm_instance {
+  std::map<std::string, runnable_actor> agents;
+  runnable_actor entry;
+};
+
+/// Registers the builtin tools the swarm uses (unless already registered) and
+/// spawns its agents. Throws swarm_error naming the swarm on failure.
+swarm_instance instantiate(runtime& rt, const swarm_definition& def);
+
+} // namespace troupe
