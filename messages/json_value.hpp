@@ -45,7 +45,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, json_value& x) {
   std::string text;
   if constexpr (Inspector::reads_state)
-    text = x.value.dump();
+    text = x.value.dump(-1, ' ', false, json::error_handler_t::replace);
   auto load = caf::meta::load_callback([&]() -> caf::error {
     auto parsed = json::parse(text, nullptr, false);
     if (parsed.is_discarded())

@@ -42,6 +42,11 @@ runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
   register_messages(*sys_cfg_);
   if (cfg_.scheduler_threads > 0)
     sys_cfg_->set("scheduler.max-threads", cfg_.scheduler_threads);
+  if (cfg_.scheduler_policy != "stealing" && cfg_.scheduler_policy != "sharing")
+    throw std::invalid_argument("runtime_config.scheduler_policy must be "
+                                "'stealing' or 'sharing', got '"
+                                + cfg_.scheduler_policy + "'");
+  sys_cfg_->set("scheduler.policy", caf::atom_from_string(cfg_.scheduler_policy));
   // CAF's own console logging would bypass spdlog.
   sys_cfg_->set("logger.console-verbosity", caf::atom("quiet"));
   if (cfg_.load_middleman)

@@ -54,6 +54,9 @@ struct runtime_config {
   std::vector<trace_listener> trace_listeners;
   /// Model for agents whose spec names none, e.g. "scripted:support.json".
   std::string default_model;
+  /// CAF scheduler policy: "stealing" (work stealing, CAF's default) or
+  /// "sharing" (one shared queue; wakes at once on messages from other threads).
+  std::string scheduler_policy = "stealing";
   /// Loads CAF's middleman (needed for nodes; off saves a thread in tests).
   bool load_middleman = true;
 };

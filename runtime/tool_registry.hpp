@@ -18,6 +18,7 @@
 
 #include "messages/common.hpp"
 #include "messages/json_value.hpp"
+#include "messages/model.hpp"
 #include "messages/tool.hpp"
 
 namespace troupe {

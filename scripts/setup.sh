@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages troupe needs to build and test.
+# Idempotent: installs only what is missing, and touches apt only then.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ccache pkgconf git
+  libcaf-dev             # actors, remoting, TLS between nodes (CAF 0.17.6)
+  nlohmann-json3-dev     # JSON
+  libboost-dev libssl-dev # Beast/Asio HTTP, TLS
+  libspdlog-dev          # logging
+  catch2                 # tests (Catch2 v2)
+  libsqlite3-dev sqlite3 # embedded store
+  prometheus-cpp-dev     # metrics
+  libcli11-dev           # the troupe command line
+)
+
+# A package counts as present only when dpkg says it is fully installed.
+missing=()
+for pkg in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "installed" ]] || missing+=("$pkg")
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "setup: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+# Root runs apt directly; anyone else needs sudo.
+if [[ $(id -u) -eq 0 ]]; then
+  as_root=()
+elif command -v sudo >/dev/null 2>&1; then
+  as_root=(sudo)
+else
+  echo "setup: missing packages: ${missing[*]}" >&2
+  echo "setup: run this script as root, or install sudo" >&2
+  exit 1
+fi
+
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+  apt-get install -y --no-install-recommends "${missing[@]}"
+echo "setup: done"

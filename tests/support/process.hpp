@@ -1,0 +1,22 @@
+#pragma once
+
+// Runs a command line to completion and captures what it printed.
+
+#include <string>
+
+namespace troupe::test {
+
+/// What a finished process left behind.
+struct process_output {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+/// Runs `command` through /bin/sh with stdout and stderr captured apart.
+process_output run_command(const std::string& command);
+
+/// Quotes one argument for /bin/sh.
+std::string shell_quote(const std::string& arg);
+
+} // namespace troupe::test
