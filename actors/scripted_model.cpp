@@ -23,6 +23,7 @@
 #include <spdlog/spdlog.h>
 
 #include "messages/errors.hpp"
+#include "runtime/json_schema.hpp"
 
 namespace troupe {
 
@@ -302,18 +303,6 @@ constexpr int64_t max_latency_ms = 3'600'000;
 
 // -- validation ---------------------------------------------------------------
 
-std::string escape_pointer_token(const std::string& key) {
-  std::string out;
-  for (char c : key) {
-    if (c == '~')
-      out += "~0";
-    else if (c == '/')
-      out += "~1";
-    else
-      out += c;
-  }
-  return out;
-}
 
 /// Builds rules from JSON, throwing script_error at the first bad value.
 class script_parser {
@@ -345,7 +334,7 @@ public:
             list += ", ";
           list += k;
         }
-        fail(ptr + "/" + escape_pointer_token(item.key()),
+        fail(append_pointer(ptr, item.key()),
           "unknown key \"" + item.key() + "\" (expected one of: " + list + ")");
       }
     }
@@ -408,7 +397,7 @@ public:
       for (auto& item : j.items())
         result
           = std::max(result, check_json_templates(item.value(),
-                               ptr + "/" + escape_pointer_token(item.key())));
+                               append_pointer(ptr, item.key())));
     }
     return result;
   }

@@ -17,8 +17,10 @@
 #include "messages/errors.hpp"
 #include "messages/type_ids.hpp"
 #include "runtime/clock.hpp"
+#include "support/temp_dir.hpp"
 
 using namespace troupe;
+using troupe::test::temp_dir;
 
 namespace {
 
@@ -472,29 +474,6 @@ TEST_CASE_METHOD(system_fixture,
 
 namespace {
 
-/// A temporary directory, removed with its files at the end of the test.
-struct temp_dir {
-  std::filesystem::path path;
-
-  temp_dir()
-      : path(std::filesystem::temp_directory_path()
-             / ("troupe-scripted-" + random_hex(8))) {
-    std::filesystem::create_directories(path);
-  }
-
-  ~temp_dir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-
-  std::string write(const std::string& name, const std::string& text) const {
-    auto file = path / name;
-    std::ofstream out{file, std::ios::binary};
-    out << text;
-    return file.string();
-  }
-};
-
 /// The message load() throws for `text` written to `name`.
 std::string load_error(
   const temp_dir& dir, const std::string& name, const std::string& text) {
@@ -608,7 +587,7 @@ TEST_CASE("scripted model rejects bad scripts with file and JSON pointer",
   for (auto& c : cases) {
     INFO(c.file);
     auto what = load_error(dir, c.file, c.text);
-    auto file = (dir.path / c.file).string();
+    auto file = dir.file(c.file);
     CHECK_THAT(what, Catch::StartsWith(file + c.pointer_and_reason));
   }
 }
@@ -625,7 +604,7 @@ TEST_CASE("scripted model rejects a file that is not JSON", "[scripted]") {
 
 TEST_CASE("scripted model rejects a missing file", "[scripted]") {
   temp_dir dir;
-  auto file = (dir.path / "missing.json").string();
+  auto file = dir.file("missing.json");
   try {
     model_script::load(file);
     FAIL("loading a missing file did not throw");

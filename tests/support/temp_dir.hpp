@@ -4,6 +4,7 @@
 // the end of the test.
 
 #include <filesystem>
+#include <fstream>
 #include <string>
 
 #include "runtime/clock.hpp"
@@ -35,6 +36,14 @@ public:
   /// A path inside the directory.
   std::string file(const std::string& name) const {
     return (path_ / name).string();
+  }
+
+  /// Writes `text` to a file in the directory and returns its path.
+  std::string write(const std::string& name, const std::string& text) const {
+    auto path = file(name);
+    std::ofstream out{path, std::ios::binary};
+    out << text;
+    return path;
   }
 
 private:
