@@ -8,6 +8,8 @@
 #include <utility>
 
 #include <caf/actor_system.hpp>
+#include <caf/exit_reason.hpp>
+#include <caf/sec.hpp>
 #include <caf/stateful_actor.hpp>
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
@@ -70,6 +72,9 @@ constexpr auto adapter_grace = std::chrono::seconds{2};
 
 std::string excerpt(std::string text, size_t max = trace_excerpt) {
   if (text.size() > max) {
+    // Cut at a character boundary, not inside a UTF-8 sequence.
+    while (max > 0 && (static_cast<unsigned char>(text[max]) & 0xC0) == 0x80)
+      --max;
     text.resize(max);
     text += "...";
   }
@@ -80,9 +85,19 @@ std::string excerpt(std::string text, size_t max = trace_excerpt) {
 std::string observation_text(const tool_result& r) {
   if (r.ok)
     return r.content.value.is_string() ? r.content.value.get<std::string>()
-                                       : r.content.value.dump();
+                                       : safe_dump(r.content.value);
   return "error (" + json(r.error.kind).get<std::string>()
          + "): " + r.error.message;
+}
+
+/// How long a call may take: its own limit, cut to what is left of the
+/// run's deadline (when it has one).
+std::chrono::milliseconds bounded(std::chrono::milliseconds limit,
+                                  int64_t deadline_ms) {
+  if (deadline_ms <= 0)
+    return limit;
+  auto left = std::chrono::milliseconds{std::max<int64_t>(deadline_ms - now_ms(), 1)};
+  return std::min(limit, left);
 }
 
 /// One active run.
@@ -96,6 +111,10 @@ struct active_run {
   std::string trace_id;
   std::string run_span;
   std::string step_span;
+  /// A step has begun and is not yet recorded.
+  bool step_open = false;
+  /// The latest step's index, for events after its record is closed.
+  int32_t current_step = 0;
   step_record step;
   // The tool calls of the current step, index-aligned.
   std::vector<tool_call> calls;
@@ -135,10 +154,10 @@ void enter(agent_self self, agent_phase next) {
     return;
   auto& run = *st.run;
   st.trace.event(run.trace_id, run.run_span, "agent.transition",
-                 json{{"gen_ai.agent.name", st.spec.name},
+                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
                       {"troupe.state.from", to_string(prev)},
                       {"troupe.state.to", to_string(next)},
-                      {"troupe.step", run.step.index}});
+                      {"troupe.step", run.current_step}}; });
 }
 
 /// Ends the active run, answers its caller and starts the next queued one.
@@ -146,11 +165,12 @@ void finish(agent_self self, run_status status, std::string answer,
             std::string error) {
   auto& st = self->state;
   auto& run = *st.run;
-  if (!run.step_span.empty()) {
+  if (run.step_open) {
     run.step.ended_ns = now_ns();
     run.result.steps.push_back(std::move(run.step));
-    st.trace.end(run.trace_id, run.step_span, json::object(), error);
+    st.trace.end(run.trace_id, run.step_span, span_recorder::none, error);
     run.step_span.clear();
+    run.step_open = false;
   }
   run.result.status = status;
   run.result.answer = std::move(answer);
@@ -173,17 +193,30 @@ void finish(agent_self self, run_status status, std::string answer,
   }
   st.trace.end(
     run.trace_id, run.run_span,
-    json{{"troupe.run.status", to_string(status)},
+    [&] { return json{{"troupe.run.status", to_string(status)},
          {"troupe.run.steps", run.result.steps.size()},
          {"gen_ai.usage.input_tokens", run.result.usage.input_tokens},
-         {"gen_ai.usage.output_tokens", run.result.usage.output_tokens}},
+         {"gen_ai.usage.output_tokens", run.result.usage.output_tokens}}; },
     status == run_status::complete ? "" : run.result.error);
   spdlog::debug("agent {}: run {} ended {} after {} step(s)", st.spec.name,
                 run.result.run_id, to_string(status), run.result.steps.size());
   run.promise.deliver(std::move(run.result));
+  enter(self, agent_phase::idle);
   st.run.reset();
-  st.phase = agent_phase::idle;
   start_next(self);
+}
+
+/// A failed result for a run that never started.
+run_result failed_result_for(const run_task& task, const std::string& agent,
+                             const std::string& why) {
+  run_result r;
+  r.run_id = task.ref.run_id;
+  r.agent = agent;
+  r.status = run_status::failed;
+  r.error = why;
+  r.started_ns = now_ns();
+  r.ended_ns = r.started_ns;
+  return r;
 }
 
 /// The last thing the model said, for a run that ends without a final answer.
@@ -216,18 +249,18 @@ void begin(agent_self self, run_task task,
   run.result.started_ns = now_ns();
   run.run_span = st.trace.start(
     run.trace_id, task.ref.span_id, "invoke_agent " + st.spec.name,
-    json{{"gen_ai.operation.name", "invoke_agent"},
+    [&] { return json{{"gen_ai.operation.name", "invoke_agent"},
          {"gen_ai.agent.name", st.spec.name},
          {"gen_ai.request.model", st.spec.model},
          {"troupe.run.id", task.ref.run_id},
          {"troupe.principal", task.ref.principal},
          {"troupe.goal", excerpt(task.goal)},
-         {"troupe.max_steps", run.max_steps}});
+         {"troupe.max_steps", run.max_steps}}; });
   if (!st.spec.system_prompt.empty())
     run.messages.push_back({chat_role::system, st.spec.system_prompt, {}, "", ""});
   auto goal = task.goal;
   if (!task.context.value.is_null())
-    goal += "\n\nContext:\n" + task.context.value.dump(2);
+    goal += "\n\nContext:\n" + safe_dump(task.context.value, 2);
   run.messages.push_back({chat_role::user, std::move(goal), {}, "", ""});
   run.task = std::move(task);
   run.promise = std::move(promise);
@@ -250,10 +283,11 @@ void close_step(agent_self self, const std::string& outcome) {
   auto& run = *st.run;
   run.step.ended_ns = now_ns();
   st.trace.end(run.trace_id, run.step_span,
-               json{{"troupe.step.outcome", outcome},
+               [&] { return json{{"troupe.step.outcome", outcome},
                     {"troupe.step.tool_calls", run.step.tool_results.size()},
-                    {"troupe.step.observations", run.step.observations.size()}});
+                    {"troupe.step.observations", run.step.observations.size()}}; });
   run.step_span.clear();
+  run.step_open = false;
   run.result.steps.push_back(std::move(run.step));
   run.step = step_record{};
 }
@@ -264,7 +298,14 @@ void on_model_error(agent_self self, const std::string& model_span,
   auto& run = *st.run;
   auto text = "model '" + st.spec.model + "' failed at step "
               + std::to_string(run.step.index) + ": " + error_text(err);
-  st.trace.end(run.trace_id, model_span, json::object(), text);
+  st.trace.end(run.trace_id, model_span, span_recorder::none, text);
+  auto deadline = run.task.budget.deadline_ms;
+  if (deadline > 0 && now_ms() >= deadline) {
+    finish(self, run_status::halted, last_assistant_text(run),
+           "the run's deadline passed during step "
+             + std::to_string(run.step.index) + " (" + text + ")");
+    return;
+  }
   spdlog::warn("agent {}: {}", st.spec.name, text);
   finish(self, run_status::failed, last_assistant_text(run), std::move(text));
 }
@@ -292,11 +333,11 @@ void on_reply(agent_self self, const std::string& model_span,
   auto& st = self->state;
   auto& run = *st.run;
   st.trace.end(run.trace_id, model_span,
-               json{{"gen_ai.usage.input_tokens", resp.usage.input_tokens},
+               [&] { return json{{"gen_ai.usage.input_tokens", resp.usage.input_tokens},
                     {"gen_ai.usage.output_tokens", resp.usage.output_tokens},
                     {"gen_ai.response.finish_reasons",
                      json::array({resp.finish_reason})},
-                    {"gen_ai.response.model", resp.model}});
+                    {"gen_ai.response.model", resp.model}}; });
   run.result.usage += resp.usage;
   run.step.usage = resp.usage;
   auto& msg = resp.message;
@@ -321,15 +362,35 @@ void on_reply(agent_self self, const std::string& model_span,
                 + (st.tool_list.empty() ? std::string{"none"} : st.tool_list)
                 + ".";
     st.trace.event(run.trace_id, run.step_span, "agent.malformed_reply",
-                   json{{"troupe.observation", text},
+                   [&] { return json{{"troupe.observation", text},
                         {"gen_ai.response.finish_reasons",
-                         json::array({resp.finish_reason})}});
+                         json::array({resp.finish_reason})}}; });
     run.step.observations.push_back(text);
     run.messages.push_back({chat_role::user, std::move(text), {}, "", ""});
     enter(self, agent_phase::processing);
     close_step(self, "observation");
     enter(self, agent_phase::planning);
     plan(self);
+    return;
+  }
+  // Token limits: the tokens are spent, but no tool runs past them.
+  const auto& budget = run.task.budget;
+  std::string exhausted;
+  if (budget.max_input_tokens > 0
+      && run.result.usage.input_tokens > budget.max_input_tokens)
+    exhausted = "input tokens " + std::to_string(run.result.usage.input_tokens)
+                + " exceed the run's limit of "
+                + std::to_string(budget.max_input_tokens);
+  else if (budget.max_output_tokens > 0
+           && run.result.usage.output_tokens > budget.max_output_tokens)
+    exhausted = "output tokens "
+                + std::to_string(run.result.usage.output_tokens)
+                + " exceed the run's limit of "
+                + std::to_string(budget.max_output_tokens);
+  if (!exhausted.empty()) {
+    close_step(self, "budget_exhausted");
+    finish(self, run_status::halted, last_assistant_text(run),
+           "budget exhausted: " + exhausted);
     return;
   }
   // ACTING: check every call; the good ones run, bounded in parallel.
@@ -348,9 +409,12 @@ void on_reply(agent_self self, const std::string& model_span,
     call.call_id = proposed.id;
     call.name = proposed.name;
     call.args = proposed.arguments;
+    // Stable across retries of this call; the agent's name keeps team members
+    // sharing a run apart.
     call.idempotency_key = stable_hash(
-      run.task.ref.run_id + "|" + std::to_string(run.step.index) + "|"
-      + proposed.name + "|" + proposed.arguments.value.dump());
+      run.task.ref.run_id + "|" + st.spec.name + "|"
+      + std::to_string(run.step.index) + "|" + proposed.name + "|"
+      + safe_dump(proposed.arguments.value));
     run.calls.push_back(std::move(call));
     run.call_spans.emplace_back();
     auto reason = reject_reason(st, proposed);
@@ -363,9 +427,9 @@ void on_reply(agent_self self, const std::string& model_span,
                   ? tool_error_kind::unknown_tool
                   : tool_error_kind::invalid_arguments;
     st.trace.event(run.trace_id, run.step_span, "tool.rejected",
-                   json{{"gen_ai.tool.name", proposed.name},
+                   [&] { return json{{"gen_ai.tool.name", proposed.name},
                         {"gen_ai.tool.call.id", proposed.id},
-                        {"troupe.observation", reason}});
+                        {"troupe.observation", reason}}; });
     run.step.observations.push_back(reason);
     tool_result rejected;
     rejected.call_id = proposed.id;
@@ -394,16 +458,18 @@ void plan(agent_self self) {
   run.step = step_record{};
   run.step.index = static_cast<int32_t>(run.result.steps.size()) + 1;
   run.step.started_ns = now_ns();
+  run.step_open = true;
+  run.current_step = run.step.index;
   run.step_span = st.trace.start(run.trace_id, run.run_span,
                                  "step " + std::to_string(run.step.index),
-                                 json{{"gen_ai.agent.name", st.spec.name},
-                                      {"troupe.step", run.step.index}});
+                                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
+                                      {"troupe.step", run.step.index}}; });
   auto model_span = st.trace.start(
     run.trace_id, run.step_span, "chat " + st.spec.model,
-    json{{"gen_ai.operation.name", "chat"},
+    [&] { return json{{"gen_ai.operation.name", "chat"},
          {"gen_ai.request.model", st.spec.model},
          {"gen_ai.agent.name", st.spec.name},
-         {"troupe.step", run.step.index}});
+         {"troupe.step", run.step.index}}; });
   chat_request req;
   req.ref = run.task.ref;
   req.ref.span_id = model_span;
@@ -413,7 +479,8 @@ void plan(agent_self self) {
   req.tools = st.tool_specs;
   req.params = st.spec.model_params;
   auto seq = run.seq;
-  self->request(st.links.model, st.spec.model_timeout, std::move(req))
+  auto timeout = bounded(st.spec.model_timeout, run.task.budget.deadline_ms);
+  self->request(st.links.model, timeout, std::move(req))
     .then(
       [self, seq, model_span](chat_response& resp) {
         if (self->state.run && self->state.run->seq == seq)
@@ -445,15 +512,17 @@ void on_tool_result(agent_self self, size_t index, tool_result r) {
   auto& st = self->state;
   auto& run = *st.run;
   --run.in_flight;
-  json attrs{{"troupe.tool.ok", r.ok}, {"troupe.tool.attempts", r.attempts}};
-  std::string error;
-  if (r.ok) {
-    attrs["gen_ai.tool.call.result"] = excerpt(r.content.value.dump());
-  } else {
-    attrs["error.type"] = json(r.error.kind);
-    error = r.error.message;
-  }
-  st.trace.end(run.trace_id, run.call_spans[index], std::move(attrs), error);
+  st.trace.end(
+    run.trace_id, run.call_spans[index],
+    [&] {
+      json attrs{{"troupe.tool.ok", r.ok}, {"troupe.tool.attempts", r.attempts}};
+      if (r.ok)
+        attrs["gen_ai.tool.call.result"] = excerpt(safe_dump(r.content.value));
+      else
+        attrs["error.type"] = json(r.error.kind);
+      return attrs;
+    },
+    r.ok ? std::string{} : r.error.message);
   run.results[index] = std::move(r);
   act(self);
 }
@@ -468,23 +537,24 @@ void act(agent_self self) {
     run.waiting.pop_front();
     auto& call = run.calls[index];
     const auto& tool = st.links.tools[st.tool_index.at(call.name)];
-    call.deadline_ms = now_ms() + tool.timeout.count();
+    auto limit = bounded(tool.timeout, run.task.budget.deadline_ms);
+    call.deadline_ms = now_ms() + limit.count();
     run.call_spans[index] = st.trace.start(
       run.trace_id, run.step_span, "execute_tool " + call.name,
-      json{{"gen_ai.operation.name", "execute_tool"},
+      [&] { return json{{"gen_ai.operation.name", "execute_tool"},
            {"gen_ai.tool.name", call.name},
            {"gen_ai.tool.call.id", call.call_id},
-           {"gen_ai.tool.call.arguments", excerpt(call.args.value.dump())},
+           {"gen_ai.tool.call.arguments", excerpt(safe_dump(call.args.value))},
            {"gen_ai.agent.name", st.spec.name},
            {"troupe.idempotency_key", call.idempotency_key},
-           {"troupe.step", call.step}});
+           {"troupe.step", call.step}}; });
     auto req = call;
     req.ref.span_id = run.call_spans[index];
     ++run.in_flight;
     auto seq = run.seq;
     auto name = call.name;
     auto call_id = call.call_id;
-    self->request(tool.actor, tool.timeout + adapter_grace, std::move(req))
+    self->request(tool.actor, limit + adapter_grace, std::move(req))
       .then(
         [self, seq, index](tool_result& r) {
           if (self->state.run && self->state.run->seq == seq)
@@ -496,14 +566,49 @@ void act(agent_self self) {
           tool_result r;
           r.call_id = call_id;
           r.name = name;
-          r.error = {tool_error_kind::transient,
-                     "tool '" + name + "' did not answer: " + error_text(err)};
+          auto kind = err == caf::sec::request_timeout
+                        ? tool_error_kind::timeout
+                        : tool_error_kind::transient;
+          r.error = {kind, "tool '" + name + "' did not answer: "
+                             + error_text(err)};
           r.attempts = 1;
           on_tool_result(self, index, std::move(r));
         });
   }
   if (run.waiting.empty() && run.in_flight == 0)
     process(self);
+}
+
+/// Answers the active run and every queued one when the agent stops or
+/// crashes: CAF 0.17 drops unanswered promises silently, so without this their
+/// callers would wait for their own timeouts.
+void fail_all(agent_self self, run_status status, const std::string& why) {
+  auto& st = self->state;
+  if (st.run) {
+    auto& run = *st.run;
+    if (run.step_open) {
+      run.step.ended_ns = now_ns();
+      run.result.steps.push_back(std::move(run.step));
+      run.step_open = false;
+    }
+    run.result.status = status;
+    run.result.answer = last_assistant_text(run);
+    run.result.error = why;
+    run.result.ended_ns = now_ns();
+    st.trace.end(run.trace_id, run.step_span, span_recorder::none, why);
+    st.trace.end(run.trace_id, run.run_span,
+                 [&] { return json{{"troupe.run.status", to_string(status)}}; },
+                 why);
+    run.promise.deliver(std::move(run.result));
+    st.run.reset();
+  }
+  for (auto& queued : st.backlog) {
+    auto r = failed_result_for(queued.first, st.spec.name, why);
+    r.status = status;
+    queued.second.deliver(std::move(r));
+  }
+  st.backlog.clear();
+  st.phase = agent_phase::idle;
 }
 
 runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
@@ -520,6 +625,29 @@ runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
   st.trace = span_recorder{links.tracer};
   st.spec = std::move(spec);
   st.links = std::move(links);
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    auto why = "agent '" + self->state.spec.name
+               + "' stopped: " + error_text(msg.reason);
+    auto status = msg.reason == caf::exit_reason::user_shutdown
+                    ? run_status::cancelled
+                    : run_status::failed;
+    fail_all(self, status, why);
+    self->quit(msg.reason);
+  });
+  self->set_exception_handler([self](std::exception_ptr& eptr) -> caf::error {
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(eptr);
+    } catch (const std::exception& ex) {
+      what = ex.what();
+    } catch (...) {
+      // keep "unknown exception"
+    }
+    auto why = "agent '" + self->state.spec.name + "' crashed: " + what;
+    spdlog::error("{}", why);
+    fail_all(self, run_status::failed, why);
+    return make_error(errc::crashed, why);
+  });
   return {
     [self](run_task& task) -> caf::result<run_result> {
       auto promise = self->make_response_promise<run_result>();

@@ -114,7 +114,7 @@ std::string tool_value(const template_part& part, const template_context& ctx) {
     const auto& value = doc.at(ptr);
     return value.is_string()
              ? value.get<std::string>()
-             : value.dump(-1, ' ', false, json::error_handler_t::replace);
+             : safe_dump(value);
   }
   return {};
 }
@@ -604,15 +604,11 @@ int64_t estimate_tokens(size_t chars) {
   return std::max<int64_t>(1, static_cast<int64_t>((chars + 3) / 4));
 }
 
-std::string dump_lenient(const json& j) {
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
 size_t message_chars(const chat_message& msg) {
   auto n = msg.content.size();
   for (auto& call : msg.tool_calls) {
     n += call.name.size();
-    n += call.raw_arguments.empty() ? dump_lenient(call.arguments.value).size()
+    n += call.raw_arguments.empty() ? safe_dump(call.arguments.value).size()
                                     : call.raw_arguments.size();
   }
   return n;
@@ -811,7 +807,7 @@ caf::expected<scripted_reply> model_script::select(
     } else {
       // Round-trip through text so the arguments hold valid UTF-8 even when
       // a template copied invalid bytes from the conversation.
-      call.raw_arguments = dump_lenient(expand_json(*spec.arguments, ctx));
+      call.raw_arguments = safe_dump(expand_json(*spec.arguments, ctx));
       parse_raw_arguments(call);
     }
     resp.message.tool_calls.push_back(std::move(call));

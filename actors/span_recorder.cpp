@@ -6,31 +6,29 @@
 
 namespace troupe {
 
-std::string span_recorder::start(const std::string& trace_id,
-                                 const std::string& parent, std::string name,
-                                 json attributes) const {
+std::string span_recorder::send_start(const std::string& trace_id,
+                                      const std::string& parent,
+                                      const std::string& name,
+                                      json attrs) const {
   auto id = new_span_id();
-  if (tracer_)
-    caf::anon_send(tracer_, span_start{trace_id, id, parent, std::move(name),
-                                       now_ns(), std::move(attributes)});
+  caf::anon_send(tracer_, span_start{trace_id, id, parent, name, now_ns(),
+                                     std::move(attrs)});
   return id;
 }
 
-void span_recorder::end(const std::string& trace_id, const std::string& span_id,
-                        json attributes, const std::string& error) const {
-  if (!tracer_ || span_id.empty())
-    return;
+void span_recorder::send_end(const std::string& trace_id,
+                             const std::string& span_id, json attrs,
+                             const std::string& error) const {
   caf::anon_send(tracer_, span_end{trace_id, span_id, now_ns(),
                                    error.empty() ? "ok" : "error", error,
-                                   std::move(attributes)});
+                                   std::move(attrs)});
 }
 
-void span_recorder::event(const std::string& trace_id,
-                          const std::string& span_id, std::string name,
-                          json attributes) const {
-  if (tracer_)
-    caf::anon_send(tracer_, trace_event{trace_id, span_id, std::move(name),
-                                        now_ns(), std::move(attributes)});
+void span_recorder::send_event(const std::string& trace_id,
+                               const std::string& span_id,
+                               const std::string& name, json attrs) const {
+  caf::anon_send(tracer_, trace_event{trace_id, span_id, name, now_ns(),
+                                      std::move(attrs)});
 }
 
 } // namespace troupe

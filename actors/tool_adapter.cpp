@@ -1,6 +1,7 @@
 #include "actors/tool_adapter.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <unordered_map>
@@ -37,6 +38,7 @@ using adapter_actor = tool_actor::extend<caf::reacts_to<tool_job_done>,
 
 struct pending_call {
   caf::typed_response_promise<tool_result> promise;
+  std::shared_ptr<std::atomic<bool>> cancelled;
   std::string call_id;
   std::chrono::steady_clock::time_point started;
 };
@@ -111,19 +113,30 @@ tool_adapter(adapter_actor::stateful_pointer<adapter_state> self, tool_ptr tool,
         timeout = std::min(timeout, left);
       }
       auto job = st.next_job++;
+      // The body always learns the limit the adapter enforces.
+      auto deadline = now_ms() + timeout.count();
       tool_context ctx{call.ref, call.agent, call.call_id,
-                       call.idempotency_key, call.deadline_ms};
-      auto handle = caf::actor_cast<adapter_actor>(self);
-      auto posted = st.pool->post(
-        [handle, job, fn = def.fn, call, ctx = std::move(ctx)] {
-          caf::anon_send(handle, tool_job_done{job, run_body(fn, call, ctx)});
+                       call.idempotency_key, deadline};
+      auto cancelled = std::make_shared<std::atomic<bool>>(false);
+      auto weak = caf::actor_cast<caf::weak_actor_ptr>(self);
+      auto posted = st.pool->post([weak, job, cancelled, gate = st.pool->gate(),
+                                   fn = def.fn, call, ctx = std::move(ctx)] {
+        // A call that timed out while queued must not run late: its caller
+        // was told it failed and may well retry.
+        if (*cancelled || now_ms() >= ctx.deadline_ms)
+          return;
+        auto result = run_body(fn, call, ctx);
+        gate->deliver([&] {
+          if (auto handle = caf::actor_cast<adapter_actor>(weak))
+            caf::anon_send(handle, tool_job_done{job, std::move(result)});
         });
+      });
       if (!posted)
         return failure(call, tool_error_kind::transient,
                        "tool '" + def.name
                          + "' is unavailable: the runtime is shutting down");
       auto promise = self->make_response_promise<tool_result>();
-      st.pending.emplace(job, pending_call{promise, call.call_id,
+      st.pending.emplace(job, pending_call{promise, cancelled, call.call_id,
                                            std::chrono::steady_clock::now()});
       self->delayed_send(self, timeout, tool_job_timeout{job});
       return promise;
@@ -143,6 +156,7 @@ tool_adapter(adapter_actor::stateful_pointer<adapter_state> self, tool_ptr tool,
       auto i = self->state.pending.find(t.job);
       if (i == self->state.pending.end())
         return; // already answered
+      *i->second.cancelled = true;
       const auto& def = self->state.tool->definition;
       auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - i->second.started);

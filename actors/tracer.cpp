@@ -24,9 +24,19 @@ struct tracer_state {
   std::vector<trace_listener> listeners;
   std::unordered_map<std::string, span_start> open;
 
-  void emit(const json& record) {
+  /// Hands a record to one listener; a listener that throws loses that record,
+  /// not the tracer.
+  void notify(const trace_listener& listener, const json& record) {
+    try {
+      listener(record);
+    } catch (const std::exception& ex) {
+      spdlog::error("trace listener threw: {}", ex.what());
+    }
+  }
+
+  void emit(const json& record, bool to_listeners = true) {
     if (out) {
-      *out << record.dump(-1, ' ', false, json::error_handler_t::replace)
+      *out << safe_dump(record)
            << '\n';
       if (!*out) {
         spdlog::error("trace file {}: write failed; further records dropped",
@@ -34,18 +44,21 @@ struct tracer_state {
         out.reset();
       }
     }
-    for (auto& listener : listeners)
-      listener(record);
+    if (to_listeners)
+      for (auto& listener : listeners)
+        notify(listener, record);
   }
 
-  static json span_record(const span_start& s, int64_t end_ns,
+  static json span_record(span_start& s, int64_t end_ns,
                           const std::string& status,
                           const std::string& status_message,
-                          const json& end_attributes) {
-    json attrs = s.attributes.value.is_object() ? s.attributes.value
-                                                : json::object();
+                          json& end_attributes) {
+    json attrs = s.attributes.value.is_object()
+                   ? std::move(s.attributes.value)
+                   : json::object();
     if (end_attributes.is_object())
-      attrs.update(end_attributes);
+      for (auto& item : end_attributes.items())
+        attrs[item.key()] = std::move(item.value());
     return json{{"type", "span"},
                 {"trace_id", s.trace_id},
                 {"span_id", s.span_id},
@@ -60,10 +73,13 @@ struct tracer_state {
   }
 
   ~tracer_state() {
-    for (auto& kvp : open)
+    for (auto& kvp : open) {
+      json none = json::object();
+      // Listeners belong to code that may be gone by now: file only.
       emit(span_record(kvp.second, kvp.second.start_ns, "unfinished",
-                       "the tracer stopped before this span ended",
-                       json::object()));
+                       "the tracer stopped before this span ended", none),
+           false);
+    }
     if (out)
       out->flush();
   }
@@ -88,7 +104,7 @@ tracer(tracer_actor::stateful_pointer<tracer_state> self,
                  {"start_ns", s.start_ns},
                  {"attributes", s.attributes.value}};
         for (auto& listener : st.listeners)
-          listener(rec);
+          st.notify(listener, rec);
       }
       auto key = s.span_id;
       st.open.insert_or_assign(std::move(key), std::move(s));
@@ -102,6 +118,9 @@ tracer(tracer_actor::stateful_pointer<tracer_state> self,
       }
       st.emit(tracer_state::span_record(i->second, e.end_ns, e.status,
                                         e.status_message, e.attributes.value));
+      // A failure is what a reader will look for after a crash: keep it.
+      if (e.status != "ok" && st.out)
+        st.out->flush();
       st.open.erase(i);
     },
     [self](trace_event& ev) {

@@ -15,7 +15,7 @@ namespace troupe {
 /// What a human decided, or that nobody did in time.
 enum class approval_verdict : uint8_t { approve, deny, expired };
 
-NLOHMANN_JSON_SERIALIZE_ENUM(approval_verdict,
+TROUPE_JSON_ENUM(approval_verdict,
                              {{approval_verdict::approve, "approve"},
                               {approval_verdict::deny, "deny"},
                               {approval_verdict::expired, "expired"}})

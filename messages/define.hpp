@@ -5,7 +5,11 @@
 // to_string), JSON conversion (to_json / from_json, missing fields keep their
 // defaults) and equality. Listing the fields once means the three can never drift.
 
+#include <cstddef>
+#include <stdexcept>
+#include <string>
 #include <tuple>
+#include <utility>
 
 #include <caf/meta/type_name.hpp>
 #include <nlohmann/json.hpp>
@@ -55,3 +59,42 @@
     return !(lhs == rhs);                                                      \
   }                                                                            \
   NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(T, __VA_ARGS__)
+
+/// Maps an enum to JSON strings and back; an unknown string or a non-string is
+/// an error naming the enum and the value (nlohmann's own macro would silently
+/// pick the first enumerator). Use: TROUPE_JSON_ENUM(E, {{E::a, "a"}, ...})
+#define TROUPE_JSON_ENUM(E, ...)                                               \
+  inline const std::pair<E, const char*>* troupe_enum_names(E*,                \
+                                                            size_t& n) {       \
+    static const std::pair<E, const char*> names[] = __VA_ARGS__;             \
+    n = sizeof(names) / sizeof(names[0]);                                      \
+    return names;                                                              \
+  }                                                                            \
+  inline void to_json(nlohmann::json& j, const E& x) {                         \
+    size_t n = 0;                                                              \
+    auto* names = troupe_enum_names(static_cast<E*>(nullptr), n);              \
+    for (size_t i = 0; i < n; ++i)                                             \
+      if (names[i].first == x) {                                               \
+        j = names[i].second;                                                   \
+        return;                                                                \
+      }                                                                        \
+    j = "invalid(" + std::to_string(static_cast<int>(x)) + ")";               \
+  }                                                                            \
+  inline void from_json(const nlohmann::json& j, E& x) {                       \
+    size_t n = 0;                                                              \
+    auto* names = troupe_enum_names(static_cast<E*>(nullptr), n);              \
+    if (j.is_string())                                                         \
+      for (size_t i = 0; i < n; ++i)                                           \
+        if (j.get_ref<const std::string&>() == names[i].second) {             \
+          x = names[i].first;                                                  \
+          return;                                                              \
+        }                                                                      \
+    std::string known;                                                         \
+    for (size_t i = 0; i < n; ++i)                                             \
+      known += (i == 0 ? "" : ", ") + std::string{names[i].second};           \
+    throw std::invalid_argument(std::string{#E ": unknown value "}             \
+                                + j.dump(-1, ' ', false,                       \
+                                         nlohmann::json::error_handler_t::     \
+                                           replace)                            \
+                                + " (expected one of: " + known + ")");        \
+  }

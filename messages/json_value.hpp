@@ -18,6 +18,12 @@ namespace troupe {
 
 using json = nlohmann::json;
 
+/// Compact JSON text that never throws: invalid UTF-8 in strings (from a tool
+/// or a conversation) becomes U+FFFD instead of an exception.
+inline std::string safe_dump(const json& j, int indent = -1) {
+  return j.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
 /// A JSON document carried by value inside a message.
 struct json_value {
   json value;
@@ -45,7 +51,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, json_value& x) {
   std::string text;
   if constexpr (Inspector::reads_state)
-    text = x.value.dump(-1, ' ', false, json::error_handler_t::replace);
+    text = safe_dump(x.value);
   auto load = caf::meta::load_callback([&]() -> caf::error {
     auto parsed = json::parse(text, nullptr, false);
     if (parsed.is_discarded())

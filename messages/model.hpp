@@ -20,7 +20,7 @@ namespace troupe {
 /// Author of a chat message.
 enum class chat_role : uint8_t { system, user, assistant, tool };
 
-NLOHMANN_JSON_SERIALIZE_ENUM(chat_role, {{chat_role::system, "system"},
+TROUPE_JSON_ENUM(chat_role, {{chat_role::system, "system"},
                                          {chat_role::user, "user"},
                                          {chat_role::assistant, "assistant"},
                                          {chat_role::tool, "tool"}})

@@ -32,7 +32,7 @@ enum class run_status : uint8_t {
   cancelled,
 };
 
-NLOHMANN_JSON_SERIALIZE_ENUM(run_status, {{run_status::complete, "complete"},
+TROUPE_JSON_ENUM(run_status, {{run_status::complete, "complete"},
                                           {run_status::max_steps, "max_steps"},
                                           {run_status::failed, "failed"},
                                           {run_status::halted, "halted"},

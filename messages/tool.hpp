@@ -35,7 +35,7 @@ enum class tool_error_kind : uint8_t {
   denied,
 };
 
-NLOHMANN_JSON_SERIALIZE_ENUM(tool_error_kind,
+TROUPE_JSON_ENUM(tool_error_kind,
                              {{tool_error_kind::none, "none"},
                               {tool_error_kind::invalid_arguments,
                                "invalid_arguments"},

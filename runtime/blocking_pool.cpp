@@ -7,11 +7,18 @@
 
 namespace troupe {
 
-blocking_pool::blocking_pool(size_t threads) {
-  threads = std::max<size_t>(threads, 1);
-  workers_.reserve(threads);
-  for (size_t i = 0; i < threads; ++i)
-    workers_.emplace_back([this] { work(); });
+blocking_pool::blocking_pool(size_t threads)
+  : state_(std::make_shared<shared_state>()),
+    gate_(std::make_shared<delivery_gate>()) {
+  size_ = std::max<size_t>(threads, 1);
+  workers_.reserve(size_);
+  try {
+    for (size_t i = 0; i < size_; ++i)
+      workers_.emplace_back(work, state_);
+  } catch (...) {
+    stop(std::chrono::milliseconds{0});
+    throw;
+  }
 }
 
 blocking_pool::~blocking_pool() {
@@ -20,56 +27,84 @@ blocking_pool::~blocking_pool() {
 
 bool blocking_pool::post(std::function<void()> job) {
   {
-    std::lock_guard<std::mutex> guard{mtx_};
-    if (stopping_)
+    std::lock_guard<std::mutex> guard{state_->mtx};
+    if (state_->stopping)
       return false;
-    jobs_.push_back(std::move(job));
+    state_->jobs.push_back(std::move(job));
   }
-  cv_.notify_one();
+  state_->cv.notify_one();
   return true;
 }
 
-void blocking_pool::stop() {
-  size_t dropped = 0;
-  {
-    std::lock_guard<std::mutex> guard{mtx_};
-    if (stopping_ && workers_.empty())
-      return;
-    stopping_ = true;
-    dropped = jobs_.size();
-    jobs_.clear();
-  }
-  cv_.notify_all();
-  if (dropped > 0)
-    spdlog::warn("blocking pool stopped with {} queued job(s) not run", dropped);
-  for (auto& worker : workers_)
-    if (worker.joinable())
-      worker.join();
-  workers_.clear();
+void blocking_pool::stop(std::chrono::milliseconds grace) {
+  std::call_once(stopped_, [this, grace] {
+    size_t dropped = 0;
+    size_t stuck = 0;
+    {
+      std::unique_lock<std::mutex> lock{state_->mtx};
+      state_->stopping = true;
+      dropped = state_->jobs.size();
+      state_->jobs.clear();
+      state_->cv.notify_all();
+      // Late results must not reach a runtime that is going away.
+      gate_->close();
+      state_->idle.wait_for(lock, grace, [this] { return state_->running == 0; });
+      stuck = state_->running;
+    }
+    if (dropped > 0)
+      spdlog::warn("blocking pool stopped with {} queued job(s) not run",
+                   dropped);
+    if (stuck > 0)
+      spdlog::error("blocking pool: {} job(s) still running after {} ms; their "
+                    "threads are detached and their results will be dropped",
+                    stuck, grace.count());
+    for (auto& worker : workers_) {
+      if (!worker.joinable())
+        continue;
+      if (stuck > 0)
+        worker.detach();
+      else
+        worker.join();
+    }
+    workers_.clear();
+  });
 }
 
 size_t blocking_pool::queued() const {
-  std::lock_guard<std::mutex> guard{mtx_};
-  return jobs_.size();
+  std::lock_guard<std::mutex> guard{state_->mtx};
+  return state_->jobs.size();
 }
 
-void blocking_pool::work() {
+size_t blocking_pool::running() const {
+  std::lock_guard<std::mutex> guard{state_->mtx};
+  return state_->running;
+}
+
+void blocking_pool::work(std::shared_ptr<shared_state> st) {
   for (;;) {
     std::function<void()> job;
     {
-      std::unique_lock<std::mutex> guard{mtx_};
-      cv_.wait(guard, [this] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty())
+      std::unique_lock<std::mutex> lock{st->mtx};
+      st->cv.wait(lock, [&st] { return st->stopping || !st->jobs.empty(); });
+      if (st->jobs.empty())
         return; // stopping and drained
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      job = std::move(st->jobs.front());
+      st->jobs.pop_front();
+      ++st->running;
     }
     try {
       job();
     } catch (const std::exception& ex) {
       // Jobs report their own failures; one that escapes is a bug worth a log line.
       spdlog::error("blocking pool job threw: {}", ex.what());
+    } catch (...) {
+      spdlog::error("blocking pool job threw a non-standard exception");
     }
+    {
+      std::lock_guard<std::mutex> guard{st->mtx};
+      --st->running;
+    }
+    st->idle.notify_all();
   }
 }
 

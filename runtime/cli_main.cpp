@@ -131,7 +131,7 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
   auto result = rt->run(swarm.entry, goal, opts);
   rt->shutdown();
   if (as_json) {
-    std::cout << json(result).dump(2) << "\n";
+    std::cout << troupe::safe_dump(json(result), 2) << "\n";
   } else if (!result.answer.empty()) {
     std::cout << result.answer << "\n";
   }

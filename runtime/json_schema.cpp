@@ -113,7 +113,7 @@ std::string display(const std::string& pointer) {
 }
 
 std::string dump(const json& j) {
-  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+  return safe_dump(j);
 }
 
 /// A string as a JSON string literal, cut after `max` bytes.

@@ -54,16 +54,20 @@ runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
   sys_ = std::make_unique<caf::actor_system>(*sys_cfg_);
   blocking_ = std::make_shared<blocking_pool>(cfg_.blocking_threads);
   io_ = std::make_unique<io_pool>(cfg_.io_threads);
-  tracer_config tc;
-  tc.jsonl_path = cfg_.trace_path;
-  tc.listeners = cfg_.trace_listeners;
-  try {
-    tracer_ = spawn_tracer(*sys_, std::move(tc));
-  } catch (...) {
-    shutdown();
-    throw;
+  // Without a sink there is nothing to trace: no tracer, and agents then
+  // skip span bookkeeping altogether.
+  if (!cfg_.trace_path.empty() || !cfg_.trace_listeners.empty()) {
+    tracer_config tc;
+    tc.jsonl_path = cfg_.trace_path;
+    tc.listeners = cfg_.trace_listeners;
+    try {
+      tracer_ = spawn_tracer(*sys_, std::move(tc));
+    } catch (...) {
+      shutdown();
+      throw;
+    }
+    own(tracer_.address());
   }
-  own(tracer_.address());
 }
 
 runtime::~runtime() {
@@ -71,8 +75,23 @@ runtime::~runtime() {
 }
 
 void runtime::own(const caf::actor_addr& addr) {
+  std::unique_lock<std::mutex> lock{mtx_};
+  if (!stopped_) {
+    owned_.push_back(addr);
+    return;
+  }
+  lock.unlock();
+  // Spawned while shutting down: stop it at once, or the system would wait
+  // for it forever.
+  if (auto ptr = caf::actor_cast<caf::actor>(addr))
+    caf::anon_send_exit(ptr, caf::exit_reason::user_shutdown);
+}
+
+void runtime::ensure_running(const char* what) const {
   std::lock_guard<std::mutex> guard{mtx_};
-  owned_.push_back(addr);
+  if (stopped_)
+    throw std::logic_error(std::string{what}
+                           + ": the runtime has been shut down");
 }
 
 void runtime::add_model(const std::string& name, model_actor model) {
@@ -86,6 +105,7 @@ void runtime::add_model(const std::string& name, model_actor model) {
 }
 
 model_actor runtime::model(const std::string& name) {
+  ensure_running("model");
   {
     std::lock_guard<std::mutex> guard{mtx_};
     auto i = models_.find(name);
@@ -117,12 +137,15 @@ model_actor runtime::model(const std::string& name) {
 }
 
 tool_actor runtime::tool(const std::string& name, const std::string& version) {
+  ensure_running("tool");
   auto def = tools_.find(name, version);
   if (!def)
     throw std::invalid_argument(
       "unknown tool '" + name + (version.empty() ? "" : "@" + version) + "'");
   auto key = def->definition.name + "@" + def->definition.version;
   std::lock_guard<std::mutex> guard{mtx_};
+  if (stopped_)
+    throw std::logic_error("tool: the runtime has been shut down");
   auto i = adapters_.find(key);
   if (i != adapters_.end())
     return i->second;
@@ -133,6 +156,7 @@ tool_actor runtime::tool(const std::string& name, const std::string& version) {
 }
 
 runnable_actor runtime::spawn_agent(agent_spec spec) {
+  ensure_running("spawn_agent");
   validate(spec);
   if (spec.model.empty())
     spec.model = cfg_.default_model;
@@ -153,11 +177,11 @@ runnable_actor runtime::spawn_agent(agent_spec spec) {
                                   + name + "'");
     agent_tool t;
     t.spec = def->spec();
-    t.actor = tool(name);
+    t.actor = tool(name, def->definition.version);
     t.timeout = def->definition.timeout;
     links.tools.push_back(std::move(t));
   }
-  links.tracer = tracer_;
+  links.tracer = tracer();
   auto handle = troupe::spawn_agent(*sys_, std::move(spec), std::move(links));
   own(handle.address());
   return handle;
@@ -170,6 +194,8 @@ run_task runtime::make_task(std::string goal, const run_options& opts) const {
   task.ref.principal = opts.principal;
   task.goal = std::move(goal);
   task.budget = opts.budget;
+  if (task.budget.deadline_ms <= 0)
+    task.budget.deadline_ms = now_ms() + opts.timeout.count();
   task.max_steps = opts.max_steps;
   task.context = opts.context;
   return task;
@@ -186,6 +212,11 @@ run_result runtime::run_task_blocking(const runnable_actor& target,
                                       std::chrono::milliseconds timeout) {
   if (!target)
     return failed_result(task, "run: the target actor handle is empty");
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (stopped_)
+      return failed_result(task, "run: the runtime has been shut down");
+  }
   run_result out;
   caf::scoped_actor self{*sys_};
   self->request(target, timeout, task)
@@ -204,13 +235,36 @@ void runtime::submit(const runnable_actor& target, run_task task,
     done(failed_result(task, "submit: the target actor handle is empty"));
     return;
   }
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (stopped_) {
+      done(failed_result(task, "submit: the runtime has been shut down"));
+      return;
+    }
+  }
+  // A waiter that answers exactly once: with the result, the request's error,
+  // or the target's death (which a promise lost in a crash would not report).
   sys_->spawn([target, task, timeout, done](caf::event_based_actor* self) {
+    auto answered = std::make_shared<bool>(false);
+    auto answer = [self, answered, done](run_result r) {
+      if (*answered)
+        return;
+      *answered = true;
+      done(std::move(r));
+      self->quit();
+    };
+    self->monitor(target);
+    self->set_down_handler([answer, task](caf::down_msg& msg) {
+      answer(failed_result(task, "run " + task.ref.run_id
+                                   + ": the target stopped: "
+                                   + error_text(msg.reason)));
+    });
     self->request(target, timeout, task)
-      .then([done](run_result& r) { done(std::move(r)); },
-            [done, task](caf::error& err) {
-              done(failed_result(task, "run " + task.ref.run_id
-                                         + " got no result: "
-                                         + error_text(err)));
+      .then([answer](run_result& r) { answer(std::move(r)); },
+            [answer, task](caf::error& err) {
+              answer(failed_result(task, "run " + task.ref.run_id
+                                           + " got no result: "
+                                           + error_text(err)));
             });
   });
 }
@@ -226,10 +280,11 @@ std::future<run_result> runtime::submit(const runnable_actor& target,
 }
 
 void runtime::flush_trace() {
-  if (!tracer_)
+  auto t = tracer();
+  if (!t || !sys_)
     return;
   caf::scoped_actor self{*sys_};
-  self->request(tracer_, std::chrono::seconds{30}, tr_flush_atom::value)
+  self->request(t, std::chrono::seconds{30}, tr_flush_atom::value)
     .receive([](bool) {},
              [](caf::error& err) {
                spdlog::warn("trace flush failed: {}", error_text(err));
@@ -237,6 +292,7 @@ void runtime::flush_trace() {
 }
 
 tracer_actor runtime::tracer() const {
+  std::lock_guard<std::mutex> guard{mtx_};
   return tracer_;
 }
 
@@ -263,21 +319,22 @@ void runtime::shutdown() {
     models_.clear();
     adapters_.clear();
   }
-  // Everything but the tracer first; exit messages overtake ordinary ones, so
-  // the tracer is flushed (an ordinary message, behind every record already
-  // sent) before it is stopped.
+  // Everything but the tracer first (agents answer their waiting callers as
+  // they stop); then the tracer is flushed, so it writes every record sent so
+  // far, and stopped.
   auto tracer_addr = tracer_ ? tracer_.address() : caf::actor_addr{};
   for (auto i = owned.rbegin(); i != owned.rend(); ++i)
     if (*i != tracer_addr)
       if (auto ptr = caf::actor_cast<caf::actor>(*i))
         caf::anon_send_exit(ptr, caf::exit_reason::user_shutdown);
-  if (tracer_) {
+  if (auto t = tracer()) {
     flush_trace();
-    caf::anon_send_exit(tracer_, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
+    std::lock_guard<std::mutex> guard{mtx_};
     tracer_ = nullptr;
   }
   if (blocking_)
-    blocking_->stop();
+    blocking_->stop(cfg_.shutdown_grace);
   if (io_)
     io_->stop();
   // The actor system's destructor waits for every actor to finish.

@@ -57,6 +57,9 @@ struct runtime_config {
   /// CAF scheduler policy: "stealing" (work stealing, CAF's default) or
   /// "sharing" (one shared queue; wakes at once on messages from other threads).
   std::string scheduler_policy = "stealing";
+  /// How long shutdown waits for tool bodies still running before it detaches
+  /// their threads (their results are then dropped).
+  std::chrono::milliseconds shutdown_grace{std::chrono::seconds{5}};
   /// Loads CAF's middleman (needed for nodes; off saves a thread in tests).
   bool load_middleman = true;
 };
@@ -69,7 +72,9 @@ struct run_options {
   /// Overrides the agent's step limit when > 0 (the smaller wins).
   int32_t max_steps = 0;
   json context;
-  /// How long the caller waits before the run counts as failed.
+  /// How long the caller waits before the run counts as failed. Unless
+  /// `budget.deadline_ms` is set, it is also the run's deadline, so a run
+  /// nobody waits for any more stops instead of spending tokens.
   std::chrono::milliseconds timeout{std::chrono::minutes{10}};
   /// Leave empty to get a fresh id.
   std::string run_id;
@@ -134,7 +139,8 @@ public:
   /// Waits until every trace record sent so far is written.
   void flush_trace();
 
-  /// The tracer (for components that trace themselves).
+  /// The tracer (for components that trace themselves); an empty handle when
+  /// the config names no trace file and no listener.
   tracer_actor tracer() const;
 
   /// The actor system.
@@ -146,13 +152,19 @@ public:
   /// The pool that runs tool bodies.
   std::shared_ptr<blocking_pool> blocking();
 
-  /// Stops every actor the runtime spawned, then the pools and the actor
-  /// system. Idempotent.
+  /// Stops every actor the runtime spawned (their waiting callers get a
+  /// cancelled result), then the pools and the actor system. Idempotent. Call
+  /// it from the thread that owns the runtime, never from a callback, a trace
+  /// listener or a tool body. Afterwards run() and submit() give failed
+  /// results and the other calls throw std::logic_error.
   void shutdown();
 
 private:
   /// Keeps track of an actor so shutdown() can stop it.
   void own(const caf::actor_addr& addr);
+
+  /// Throws std::logic_error after shutdown().
+  void ensure_running(const char* what) const;
 
   runtime_config cfg_;
   tool_registry tools_;
@@ -161,7 +173,7 @@ private:
   std::shared_ptr<blocking_pool> blocking_;
   std::unique_ptr<io_pool> io_;
   tracer_actor tracer_;
-  std::mutex mtx_;
+  mutable std::mutex mtx_;
   std::map<std::string, model_actor> models_;
   std::map<std::string, tool_actor> adapters_;
   std::vector<caf::actor_addr> owned_;

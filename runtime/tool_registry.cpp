@@ -107,7 +107,7 @@ tool_ptr tool_registry::add(tool_definition def) {
   if (!params.is_object() || type == params.end() || *type != "object")
     reject(def, "parameters must be an object schema ({\"type\": \"object\", "
                 "...}), got "
-                  + params.dump(-1, ' ', false, json::error_handler_t::replace)
+                  + safe_dump(params)
                       .substr(0, 100));
   std::shared_ptr<const json_schema> schema;
   try {

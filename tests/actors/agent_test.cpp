@@ -9,6 +9,8 @@
 #include <map>
 #include <set>
 
+#include <caf/scoped_actor.hpp>
+
 #include "actors/scripted_model.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/runtime.hpp"
@@ -441,4 +443,98 @@ SCENARIO("bad agent specs are refused with the field named", "[agent]") {
   CHECK_THROWS_WITH(rt.spawn_agent(spec), Catch::Contains("max_steps"));
   spec = spec_for("m", {}, 3, 0);
   CHECK_THROWS_WITH(rt.spawn_agent(spec), Catch::Contains("max_parallel_tools"));
+}
+
+SCENARIO("a tool result that is not valid UTF-8 does not bring the agent down",
+         "[agent]") {
+  runtime_config cfg = quiet_config();
+  cfg.trace_listeners.push_back([](const json&) {}); // tracing on
+  runtime rt{cfg};
+  tool_definition latin1;
+  latin1.name = "latin1";
+  latin1.description = "Returns Latin-1 bytes";
+  latin1.fn = [](const json&, const tool_context&) -> json {
+    return json{{"text", std::string{"caf\xe9 cr\xe8me"}}};
+  };
+  rt.tools().add(latin1);
+  auto log = std::make_shared<model_log>();
+  rt.add_model("m", spawn_recording_model(rt.system(), log, [](auto& req) {
+                 if (step_of(req) == 1)
+                   return call_tools({proposed("latin1", json::object())});
+                 return answer("read it");
+               }));
+  agent_spec spec = spec_for("m", {"latin1"});
+  auto agent = rt.spawn_agent(spec);
+  auto r = rt.run(agent, "read", {});
+  REQUIRE(r.status == run_status::complete);
+  // The model saw the bytes as replacement characters.
+  auto reqs = log->snapshot();
+  REQUIRE(reqs.size() == 2);
+  CHECK_THAT(reqs[1].messages.back().content, Catch::Contains("caf\xef\xbf\xbd"));
+  // The agent is still alive for the next run.
+  CHECK(rt.run(agent, "again").status == run_status::complete);
+}
+
+SCENARIO("token limits halt a run before more tools run", "[agent]") {
+  runtime rt{quiet_config()};
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  rt.tools().add(echo_tool(calls));
+  auto log = std::make_shared<model_log>();
+  rt.add_model("m", spawn_recording_model(rt.system(), log, [](auto&) {
+                 return call_tools({proposed("echo", {{"text", "x"}})}, {400, 50});
+               }));
+  auto agent = rt.spawn_agent(spec_for("m", {"echo"}, 10));
+  run_options opts;
+  opts.budget.max_input_tokens = 1000;
+  auto r = rt.run(agent, "spend", opts);
+  CHECK(r.status == run_status::halted);
+  CHECK_THAT(r.error, Catch::Contains("input tokens 1200")
+                        && Catch::Contains("limit of 1000"));
+  CHECK(r.steps.size() == 3);
+  CHECK(*calls == 2); // the third reply's tool call never ran
+}
+
+SCENARIO("the run's deadline bounds a model call", "[agent]") {
+  runtime rt{quiet_config()};
+  auto script = model_script::parse(
+    json{{"rules", {{{"reply", {{"content", "late"}, {"latency_ms", 10000}}}}}}},
+    "slow.json");
+  rt.add_model("slow", spawn_scripted_model(rt.system(), script));
+  auto spec = spec_for("slow", {});
+  spec.model_timeout = 60s;
+  auto agent = rt.spawn_agent(spec);
+  run_options opts;
+  opts.budget.deadline_ms = now_ms() + 300;
+  auto started = std::chrono::steady_clock::now();
+  auto r = rt.run(agent, "hurry", opts);
+  CHECK(r.status == run_status::halted);
+  CHECK_THAT(r.error, Catch::Contains("deadline passed during step 1"));
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+}
+
+SCENARIO("stopping an agent answers its active and queued runs", "[agent]") {
+  runtime rt{quiet_config()};
+  auto script = model_script::parse(
+    json{{"rules", {{{"reply", {{"content", "late"}, {"latency_ms", 10000}}}}}}},
+    "slow.json");
+  rt.add_model("slow", spawn_scripted_model(rt.system(), script));
+  auto agent = rt.spawn_agent(spec_for("slow", {}));
+  // One sender, so the agent gets both runs before the exit.
+  caf::scoped_actor self{rt.system()};
+  std::vector<run_result> results;
+  self->send(agent, rt.make_task("first"));
+  self->send(agent, rt.make_task("second"));
+  self->send_exit(agent, caf::exit_reason::user_shutdown);
+  // Both callers are answered at once, not after the model's 10 s latency.
+  auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 2; ++i)
+    self->receive([&](run_result& r) { results.push_back(r); },
+                  caf::after(std::chrono::seconds{8}) >> [] {});
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+  REQUIRE(results.size() == 2);
+  for (auto& r : results) {
+    CHECK(r.status == run_status::cancelled);
+    CHECK_THAT(r.error, Catch::Contains("agent 'tester' stopped"));
+  }
+  CHECK(rt.run(agent, "third").status == run_status::failed);
 }

@@ -177,7 +177,8 @@ SCENARIO("the trace file holds one span per run, step, model call and tool "
         == std::vector<std::string>{"IDLE>PLANNING", "PLANNING>ACTING",
                                     "ACTING>PROCESSING", "PROCESSING>PLANNING",
                                     "PLANNING>ACTING", "ACTING>PROCESSING",
-                                    "PROCESSING>PLANNING", "PLANNING>COMPLETE"});
+                                    "PROCESSING>PLANNING", "PLANNING>COMPLETE",
+                                    "COMPLETE>IDLE"});
   // Listeners saw the same spans, plus their starts.
   size_t live_spans = 0, live_starts = 0;
   for (auto& rec : live) {

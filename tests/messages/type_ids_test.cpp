@@ -233,3 +233,15 @@ TEST_CASE_METHOD(fixture, "enums travel as names in JSON", "[messages]") {
   CHECK(json(approval_verdict::expired) == "expired");
   CHECK(std::string(to_string(run_status::halted)) == "halted");
 }
+
+TEST_CASE("unknown enum names in JSON are refused, not guessed", "[messages]") {
+  CHECK_THROWS_WITH(json("denied").get<approval_verdict>(),
+                    Catch::Contains("approval_verdict")
+                      && Catch::Contains("\"denied\"")
+                      && Catch::Contains("approve, deny, expired"));
+  CHECK_THROWS_WITH(json("error").get<run_status>(), Catch::Contains("run_status"));
+  CHECK_THROWS_WITH(json(3).get<chat_role>(), Catch::Contains("chat_role"));
+  auto doc = json(approval_decision{"a", approval_verdict::approve, "x", "", 1});
+  doc["verdict"] = "APPROVE";
+  CHECK_THROWS(doc.get<approval_decision>());
+}

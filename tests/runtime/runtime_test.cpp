@@ -9,7 +9,11 @@
 #include <optional>
 
 #include "actors/scripted_model.hpp"
+#include "runtime/blocking_pool.hpp"
 #include "runtime/builtin_tools.hpp"
+#include <caf/scoped_actor.hpp>
+#include <future>
+
 #include "support/test_models.hpp"
 
 using namespace troupe;
@@ -160,4 +164,142 @@ SCENARIO("tools resolve by name, version and capability", "[runtime]") {
   // One adapter actor per tool version, reused.
   CHECK(rt.tool("calculator", "1.0.0") == rt.tool("calculator", "1.0.0"));
   CHECK(rt.tool("calculator", "1.0.0") != rt.tool("calculator"));
+}
+
+SCENARIO("shutdown does not wait forever for a stuck tool body", "[runtime]") {
+  auto release = std::make_shared<std::pair<std::mutex, std::condition_variable>>();
+  auto released = std::make_shared<bool>(false);
+  auto finished = std::make_shared<std::atomic<bool>>(false);
+  {
+    runtime_config cfg;
+    cfg.load_middleman = false;
+    cfg.shutdown_grace = 200ms;
+    runtime rt{cfg};
+    tool_definition stuck;
+    stuck.name = "stuck";
+    stuck.description = "Blocks until released";
+    stuck.timeout = 100ms;
+    stuck.fn = [release, released, finished](const json&, const tool_context&) -> json {
+      std::unique_lock<std::mutex> lock{release->first};
+      release->second.wait_for(lock, 30s, [&] { return *released; });
+      *finished = true;
+      return "late";
+    };
+    rt.tools().add(stuck);
+    auto log = std::make_shared<model_log>();
+    rt.add_model("m", spawn_recording_model(rt.system(), log, [](auto& req) {
+                   if (step_of(req) == 1) {
+                     model_tool_call c;
+                     c.name = "stuck";
+                     c.arguments = json::object();
+                     return call_tools({c});
+                   }
+                   return answer("moved on");
+                 }));
+    agent_spec spec;
+    spec.name = "waiter";
+    spec.model = "m";
+    spec.tools = {"stuck"};
+    auto r = rt.run(rt.spawn_agent(spec), "wait");
+    CHECK(r.status == run_status::complete);
+    auto started = std::chrono::steady_clock::now();
+    rt.shutdown();
+    CHECK(std::chrono::steady_clock::now() - started < 5s);
+    CHECK_FALSE(*finished);
+  }
+  // The detached body finishes after the runtime is gone; its result is dropped.
+  {
+    std::lock_guard<std::mutex> guard{release->first};
+    *released = true;
+  }
+  release->second.notify_all();
+}
+
+SCENARIO("a call that timed out in the queue never runs", "[runtime]") {
+  runtime_config cfg;
+  cfg.load_middleman = false;
+  cfg.blocking_threads = 1;
+  runtime rt{cfg};
+  auto gate_mtx = std::make_shared<std::mutex>();
+  auto gate_cv = std::make_shared<std::condition_variable>();
+  auto open = std::make_shared<bool>(false);
+  auto quick_runs = std::make_shared<std::atomic<int>>(0);
+  tool_definition hog;
+  hog.name = "hog";
+  hog.description = "Holds the only pool thread";
+  hog.timeout = 5s;
+  auto hog_started = std::make_shared<std::promise<void>>();
+  auto hog_running = hog_started->get_future();
+  hog.fn = [gate_mtx, gate_cv, open, hog_started](const json&,
+                                                  const tool_context&) -> json {
+    hog_started->set_value();
+    std::unique_lock<std::mutex> lock{*gate_mtx};
+    gate_cv->wait_for(lock, 10s, [&] { return *open; });
+    return "done";
+  };
+  tool_definition quick;
+  quick.name = "quick";
+  quick.description = "Would have side effects";
+  quick.timeout = 100ms;
+  quick.fn = [quick_runs](const json&, const tool_context&) -> json {
+    ++*quick_runs;
+    return "ran";
+  };
+  rt.tools().add(hog);
+  rt.tools().add(quick);
+  caf::scoped_actor self{rt.system()};
+  auto hog_actor = rt.tool("hog");
+  auto quick_actor = rt.tool("quick");
+  tool_call hog_call;
+  hog_call.name = "hog";
+  hog_call.call_id = "h";
+  hog_call.args = json::object();
+  self->send(hog_actor, hog_call);
+  REQUIRE(hog_running.wait_for(10s) == std::future_status::ready);
+  tool_call quick_call;
+  quick_call.name = "quick";
+  quick_call.call_id = "q";
+  quick_call.args = json::object();
+  tool_result quick_result;
+  self->request(quick_actor, 5s, quick_call)
+    .receive([&](tool_result& r) { quick_result = r; }, [](caf::error&) {});
+  CHECK(quick_result.error.kind == tool_error_kind::timeout);
+  // Free the pool; a marker job queued after the timed-out call runs only
+  // once that call's turn has passed.
+  auto marker = std::make_shared<std::promise<void>>();
+  auto marker_done = marker->get_future();
+  {
+    std::lock_guard<std::mutex> guard{*gate_mtx};
+    *open = true;
+  }
+  gate_cv->notify_all();
+  REQUIRE(rt.blocking()->post([marker] { marker->set_value(); }));
+  REQUIRE(marker_done.wait_for(10s) == std::future_status::ready);
+  CHECK(*quick_runs == 0);
+}
+
+SCENARIO("a runtime that was shut down refuses work with a clear error",
+         "[runtime]") {
+  runtime_config cfg;
+  cfg.load_middleman = false;
+  runtime rt{cfg};
+  auto log = std::make_shared<model_log>();
+  rt.add_model("m", spawn_recording_model(rt.system(), log,
+                                          [](auto&) { return answer("x"); }));
+  agent_spec early;
+  early.name = "early";
+  early.model = "m";
+  auto agent = rt.spawn_agent(early);
+  rt.shutdown();
+  auto r = rt.run(agent, "x");
+  CHECK(r.status == run_status::failed);
+  CHECK_THAT(r.error, Catch::Contains("shut down"));
+  auto f = rt.submit(agent, "y");
+  REQUIRE(f.wait_for(5s) == std::future_status::ready);
+  CHECK_THAT(f.get().error, Catch::Contains("shut down"));
+  agent_spec spec;
+  spec.name = "late";
+  spec.model = "m";
+  CHECK_THROWS_WITH(rt.spawn_agent(spec), Catch::Contains("shut down"));
+  CHECK_THROWS_WITH(rt.model("scripted:x.json"), Catch::Contains("shut down"));
 }
