@@ -45,7 +45,12 @@ public:
   }
 
   void operator()(const json& rec) {
-    auto line = describe(rec);
+    std::string line;
+    try {
+      line = describe(rec);
+    } catch (const json::exception&) {
+      return; // a record of an unexpected shape is not worth a progress line
+    }
     if (line.empty())
       return;
     std::lock_guard<std::mutex> guard{mtx_};
@@ -56,9 +61,14 @@ public:
 
 private:
   static std::string describe(const json& rec) {
+    static const json no_attrs = json::object();
+    if (!rec.is_object())
+      return {};
     auto type = rec.value("type", "");
     auto name = rec.value("name", "");
-    const auto& attrs = rec.contains("attributes") ? rec["attributes"] : json{};
+    const auto& attrs = rec.contains("attributes") && rec["attributes"].is_object()
+                          ? rec["attributes"]
+                          : no_attrs;
     auto agent = attrs.value("gen_ai.agent.name", "");
     if (type == "span_start" && name.rfind("chat ", 0) == 0)
       return agent + " | step " + std::to_string(attrs.value("troupe.step", 0))

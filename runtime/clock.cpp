@@ -19,7 +19,13 @@ int64_t now_ms() {
 
 std::string random_hex(size_t bytes) {
   static constexpr char digits[] = "0123456789abcdef";
-  thread_local std::mt19937_64 gen{std::random_device{}()};
+  // Seeded with 256 bits, not one 32-bit draw, so ids of different processes
+  // do not collide.
+  thread_local std::mt19937_64 gen = [] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64{seq};
+  }();
   std::string out;
   out.reserve(bytes * 2);
   uint64_t pool = 0;

@@ -31,7 +31,8 @@ public:
     return ctx_;
   }
 
-  /// Lets pending handlers finish, stops the context and joins the threads.
+  /// Stops the context (handlers not yet run are abandoned) and joins the
+  /// threads. Must not be called from an I/O thread.
   void stop();
 
 private:

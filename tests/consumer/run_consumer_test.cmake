@@ -14,7 +14,7 @@ endforeach()
 
 set(_prefix "${WORK_DIR}/prefix")
 set(_build "${WORK_DIR}/build")
-set(_expected "consumer ok: summarise the installed headers")
+set(_expected "consumer ok: It is 21 C in Lyon.")
 
 # Runs a command; on failure stops with the step's name and its whole output.
 function(run_step name)
