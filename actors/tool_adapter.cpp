@@ -112,6 +112,12 @@ tool_adapter(adapter_actor::stateful_pointer<adapter_state> self, tool_ptr tool,
                            + "' could start");
         timeout = std::min(timeout, left);
       }
+      if (!def.blocking) {
+        // Declared quick and non-blocking: run in place.
+        tool_context ctx{call.ref, call.agent, call.call_id,
+                         call.idempotency_key, now_ms() + timeout.count()};
+        return run_body(def.fn, call, ctx);
+      }
       auto job = st.next_job++;
       // The body always learns the limit the adapter enforces.
       auto deadline = now_ms() + timeout.count();

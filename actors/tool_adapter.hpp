@@ -9,7 +9,8 @@
 //                      |                         \--> tool_result{transient|permanent}
 //                      +-- per-call timer ----------> tool_result{timeout}
 //
-// The body never runs on an actor thread. Whichever of "done" and "timer"
+// A blocking body (the default) never runs on an actor thread; a tool declared
+// non-blocking (tool_definition::blocking = false) runs in place. Whichever of "done" and "timer"
 // arrives first answers the caller; a body that finishes after its timeout is
 // logged and its result dropped (the thread cannot be taken back).
 

@@ -7,8 +7,9 @@
 // W1         "react loop": runs of 10 steps on the scripted model at zero
 //            latency (9 steps call a trivial tool, the 10th answers), run one
 //            after another; microseconds per step, runs per second, and the
-//            ratio of a step to the floor. Once with tracing to a JSONL file,
-//            once with the tracer keeping no sink.
+//            ratio of a step to the floor. Four variants: tracing off or to a
+//            JSONL file, the tool on the blocking pool (the default) or run in
+//            place (tool_definition::blocking = false).
 
 #include <chrono>
 #include <cstdio>
@@ -73,7 +74,8 @@ struct react_figures {
   int failed;
 };
 
-react_figures react_loop(int runs, const std::string& trace_path) {
+react_figures react_loop(int runs, const std::string& trace_path,
+                         bool blocking_tool) {
   troupe::runtime_config cfg;
   cfg.load_middleman = false;
   cfg.trace_path = trace_path;
@@ -87,6 +89,7 @@ react_figures react_loop(int runs, const std::string& trace_path) {
   noop.fn = [](const json&, const troupe::tool_context&) {
     return json::object();
   };
+  noop.blocking = blocking_tool;
   rt.tools().add(noop);
   auto script = troupe::model_script::parse(
     json::parse(R"({"rules": [
@@ -149,14 +152,21 @@ int main(int argc, char** argv) {
   auto trace_file = (std::filesystem::temp_directory_path()
                      / "troupe-bench-w1-trace.jsonl")
                       .string();
-  for (bool traced : {false, true}) {
-    if (traced)
+  struct variant {
+    bool traced;
+    bool blocking_tool;
+  };
+  for (auto v : {variant{false, true}, variant{true, true}, variant{false, false},
+                 variant{true, false}}) {
+    if (v.traced)
       std::filesystem::remove(trace_file);
-    auto f = react_loop(runs, traced ? trace_file : "");
+    auto f = react_loop(runs, v.traced ? trace_file : "", v.blocking_tool);
     std::printf(
       "%s\n",
       json{{"workload", "W1 react loop"},
-           {"tracing", traced ? "jsonl file" : "tracer without sinks"},
+           {"tracing", v.traced ? "jsonl file" : "off"},
+           {"tool", v.blocking_tool ? "blocking pool (default)"
+                                    : "in place (blocking=false)"},
            {"runs", runs},
            {"steps_per_run", 10},
            {"failed_runs", f.failed},

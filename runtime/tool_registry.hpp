@@ -71,6 +71,11 @@ struct tool_definition {
   tool_function fn;
   /// How long one call may run before the caller gets a timeout.
   std::chrono::milliseconds timeout{std::chrono::seconds{30}};
+  /// True (the default): the body may block, so it runs on the blocking pool.
+  /// False: the body is quick, pure computation that never blocks (no I/O, no
+  /// locks held for long); the adapter then runs it in place and saves two
+  /// thread hand-offs per call, but cannot enforce `timeout` on it.
+  bool blocking = true;
 };
 
 /// A registered tool with its compiled schema.

@@ -8,10 +8,12 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include <caf/scoped_actor.hpp>
 
 #include "actors/scripted_model.hpp"
+#include "runtime/blocking_pool.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/runtime.hpp"
 #include "support/test_models.hpp"
@@ -537,4 +539,37 @@ SCENARIO("stopping an agent answers its active and queued runs", "[agent]") {
     CHECK_THAT(r.error, Catch::Contains("agent 'tester' stopped"));
   }
   CHECK(rt.run(agent, "third").status == run_status::failed);
+}
+
+SCENARIO("a tool declared non-blocking runs in place on the adapter", "[agent]") {
+  runtime_config cfg = quiet_config();
+  cfg.blocking_threads = 1;
+  runtime rt{cfg};
+  auto pool_thread = std::make_shared<std::thread::id>();
+  auto seen = std::make_shared<std::vector<std::thread::id>>();
+  auto mtx = std::make_shared<std::mutex>();
+  tool_definition where;
+  where.name = "where";
+  where.description = "Reports its thread";
+  where.blocking = false;
+  where.fn = [seen, mtx](const json&, const tool_context&) -> json {
+    std::lock_guard<std::mutex> guard{*mtx};
+    seen->push_back(std::this_thread::get_id());
+    return "here";
+  };
+  rt.tools().add(where);
+  // The pool's only thread, for comparison.
+  std::promise<std::thread::id> pool_id;
+  rt.blocking()->post([&pool_id] { pool_id.set_value(std::this_thread::get_id()); });
+  auto log = std::make_shared<model_log>();
+  rt.add_model("m", spawn_recording_model(rt.system(), log, [](auto& req) {
+                 if (step_of(req) == 1)
+                   return call_tools({proposed("where", json::object())});
+                 return answer("ok");
+               }));
+  auto r = rt.run(rt.spawn_agent(spec_for("m", {"where"})), "where?");
+  REQUIRE(r.status == run_status::complete);
+  CHECK(r.steps[0].tool_results.at(0).ok);
+  REQUIRE(seen->size() == 1);
+  CHECK(seen->front() != pool_id.get_future().get());
 }
