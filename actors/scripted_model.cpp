@@ -24,6 +24,7 @@
 
 #include "messages/errors.hpp"
 #include "runtime/json_schema.hpp"
+#include "runtime/safe_regex.hpp"
 
 namespace troupe {
 
@@ -276,18 +277,6 @@ struct rule_spec {
   }
 };
 
-/// libstdc++'s default regex executor recurses once per character of input,
-/// so a rule like "(.*)" overflows a worker thread's stack on a message of a
-/// few ten thousand characters (a tool result, a fetched page). Its
-/// polynomial (Thompson NFA) mode uses stack bounded by the pattern instead;
-/// the price is that backreferences are rejected at load.
-#if defined(__GLIBCXX__)
-constexpr auto regex_flags
-  = std::regex::ECMAScript | std::regex_constants::__polynomial;
-#else
-constexpr auto regex_flags = std::regex::ECMAScript;
-#endif
-
 /// True when `text` compiles as a plain ECMAScript regex.
 bool plain_regex_ok(const std::string& text) {
   try {
@@ -461,9 +450,9 @@ private:
     if (auto i = j.find("regex"); i != j.end()) {
       r.regex_text = get_string(*i, ptr + "/regex", false);
       try {
-        r.regex.emplace(r.regex_text, regex_flags);
+        r.regex.emplace(r.regex_text, safe_regex_flags);
       } catch (const std::regex_error& e) {
-        if (regex_flags != std::regex::ECMAScript
+        if (safe_regex_flags != std::regex::ECMAScript
             && plain_regex_ok(r.regex_text))
           fail(ptr + "/regex", "backreferences (\\1) are not supported");
         fail(ptr + "/regex",

@@ -9,6 +9,8 @@
 #include <set>
 #include <utility>
 
+#include "runtime/safe_regex.hpp"
+
 namespace troupe {
 
 // -- helpers shared by compiling and validating -------------------------------
@@ -410,15 +412,8 @@ std::regex compile_pattern(const std::string& text, const std::string& pointer) 
     fail(pointer, "pattern is longer than "
                     + std::to_string(json_schema::max_pattern_length)
                     + " characters");
-  auto flags = std::regex::ECMAScript;
-#if defined(__GLIBCXX__)
-  // libstdc++'s default backtracking matcher recurses once per input
-  // character and overflows the stack on long strings; the polynomial
-  // (Thompson NFA) matcher does not, but cannot do back-references.
-  flags |= std::regex_constants::__polynomial;
-#endif
   try {
-    return std::regex(text, flags);
+    return std::regex(text, safe_regex_flags);
   } catch (const std::regex_error& e) {
     fail(pointer, "invalid regular expression " + quoted(text, 200) + ": "
                     + e.what());
