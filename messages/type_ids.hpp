@@ -11,6 +11,7 @@
 #include "messages/json_value.hpp"
 #include "messages/model.hpp"
 #include "messages/run.hpp"
+#include "messages/supervision.hpp"
 #include "messages/tool.hpp"
 #include "messages/trace.hpp"
 
@@ -47,6 +48,9 @@ CAF_BEGIN_TYPE_ID_BLOCK(troupe, caf::first_custom_type_id)
   // approval
   CAF_ADD_TYPE_ID(troupe, (troupe::approval_request))
   CAF_ADD_TYPE_ID(troupe, (troupe::approval_decision))
+  // supervision
+  CAF_ADD_TYPE_ID(troupe, (troupe::child_stats))
+  CAF_ADD_TYPE_ID(troupe, (troupe::supervisor_stats))
 
 CAF_END_TYPE_ID_BLOCK(troupe)
 
