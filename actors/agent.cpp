@@ -457,6 +457,12 @@ void plan(agent_self self) {
   }
   run.step = step_record{};
   run.step.index = static_cast<int32_t>(run.result.steps.size()) + 1;
+  const auto& faults = st.spec.faults;
+  if (faults.crash_at_step == run.step.index
+      && (!faults.crashes_left || faults.crashes_left->fetch_sub(1) > 0))
+    throw std::runtime_error("injected fault: agent '" + st.spec.name
+                             + "' crashed at step "
+                             + std::to_string(run.step.index));
   run.step.started_ns = now_ns();
   run.step_open = true;
   run.current_step = run.step.index;
@@ -582,7 +588,8 @@ void act(agent_self self) {
 /// Answers the active run and every queued one when the agent stops or
 /// crashes: CAF 0.17 drops unanswered promises silently, so without this their
 /// callers would wait for their own timeouts.
-void fail_all(agent_self self, run_status status, const std::string& why) {
+void fail_all(agent_self self, run_status status, const std::string& why,
+              bool crashed = false) {
   auto& st = self->state;
   if (st.run) {
     auto& run = *st.run;
@@ -599,10 +606,17 @@ void fail_all(agent_self self, run_status status, const std::string& why) {
     st.trace.end(run.trace_id, run.run_span,
                  [&] { return json{{"troupe.run.status", to_string(status)}}; },
                  why);
-    run.promise.deliver(std::move(run.result));
+    if (crashed)
+      run.promise.deliver(make_error(errc::crashed, why));
+    else
+      run.promise.deliver(std::move(run.result));
     st.run.reset();
   }
   for (auto& queued : st.backlog) {
+    if (crashed) {
+      queued.second.deliver(make_error(errc::crashed, why));
+      continue;
+    }
     auto r = failed_result_for(queued.first, st.spec.name, why);
     r.status = status;
     queued.second.deliver(std::move(r));
@@ -645,7 +659,7 @@ runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
     }
     auto why = "agent '" + self->state.spec.name + "' crashed: " + what;
     spdlog::error("{}", why);
-    fail_all(self, run_status::failed, why);
+    fail_all(self, run_status::failed, why, true);
     return make_error(errc::crashed, why);
   });
   return {

@@ -13,9 +13,15 @@
 // (the JSON Schema) before anything runs; whatever fails becomes an
 // observation the model sees on the next step, never a crash. Every
 // transition is a trace event; every run, step, model call and tool call a span.
-// Runs that arrive while one is active wait in FIFO order.
+// Runs that arrive while one is active wait in FIFO order. If the agent
+// crashes (an exception escapes a handler), the active run and the queued ones
+// are answered with an errc::crashed error, which a supervising front
+// (supervisors/supervised_agent.hpp) retries on the restarted agent; if it is
+// stopped, they are answered with status cancelled.
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -46,6 +52,14 @@ enum class agent_phase : uint8_t {
 /// Upper-case state name, as in traces ("PLANNING").
 const char* to_string(agent_phase x);
 
+/// Fault injection for tests: makes an agent crash (throw from its handler) when
+/// it is about to start step `crash_at_step`, while `crashes_left` (shared by
+/// every incarnation of the agent; null = unlimited) is above zero.
+struct agent_faults {
+  int32_t crash_at_step = 0;
+  std::shared_ptr<std::atomic<int32_t>> crashes_left;
+};
+
 /// What an agent is: its prompt, model, tools and limits.
 struct agent_spec {
   std::string name;
@@ -62,6 +76,8 @@ struct agent_spec {
   std::chrono::milliseconds model_timeout{std::chrono::seconds{120}};
   /// Provider parameters passed on every chat_request.
   json model_params = json::object();
+  /// Off unless a test sets it.
+  agent_faults faults;
 };
 
 /// A tool as one agent sees it: its description and the actor that runs it.

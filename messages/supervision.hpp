@@ -2,6 +2,7 @@
 
 // The supervision protocol: anyone -> supervisor.
 //   sup_child_atom, name -> caf::actor      the child's current incarnation
+//   sup_await_atom, name, stale -> caf::actor  the same, waiting out a restart
 //   sup_stats_atom       -> supervisor_stats restarts and give-ups so far
 // Crashes reach a supervisor as down messages of the children it monitors; a
 // supervisor that gives up exits with an error, which its own parent sees the
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include <caf/actor.hpp>
+#include <caf/actor_addr.hpp>
 #include <caf/atom.hpp>
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
@@ -43,12 +45,18 @@ TROUPE_MESSAGE(supervisor_stats, name, restarts, retired, children)
 /// Asks for a child's current incarnation by name.
 using sup_child_atom = caf::atom_constant<caf::atom("sup_child")>;
 
+/// Asks for a child's incarnation other than `stale` (one the caller saw die;
+/// empty for none), waiting while it is being restarted; fails when the child
+/// is retired or the supervisor gives up.
+using sup_await_atom = caf::atom_constant<caf::atom("sup_await")>;
+
 /// Asks for the supervisor's counters.
 using sup_stats_atom = caf::atom_constant<caf::atom("sup_stats")>;
 
 /// A supervisor.
 using supervisor_actor = caf::typed_actor<
   caf::replies_to<sup_child_atom, std::string>::with<caf::actor>,
+  caf::replies_to<sup_await_atom, std::string, caf::actor_addr>::with<caf::actor>,
   caf::replies_to<sup_stats_atom>::with<supervisor_stats>>;
 
 } // namespace troupe

@@ -155,8 +155,7 @@ tool_actor runtime::tool(const std::string& name, const std::string& version) {
   return adapter;
 }
 
-runnable_actor runtime::spawn_agent(agent_spec spec) {
-  ensure_running("spawn_agent");
+agent_links runtime::resolve(agent_spec& spec) {
   validate(spec);
   if (spec.model.empty())
     spec.model = cfg_.default_model;
@@ -182,9 +181,31 @@ runnable_actor runtime::spawn_agent(agent_spec spec) {
     links.tools.push_back(std::move(t));
   }
   links.tracer = tracer();
+  return links;
+}
+
+runnable_actor runtime::spawn_agent(agent_spec spec) {
+  ensure_running("spawn_agent");
+  auto links = resolve(spec);
   auto handle = troupe::spawn_agent(*sys_, std::move(spec), std::move(links));
   own(handle.address());
   return handle;
+}
+
+runnable_actor runtime::spawn_supervised_agent(agent_spec spec,
+                                               supervision_options opts) {
+  ensure_running("spawn_supervised_agent");
+  // Resolved once here, so restarts only spawn (nothing blocks the supervisor).
+  auto links = resolve(spec);
+  auto name = spec.name;
+  auto factory = [spec, links](caf::actor_system& sys) {
+    return caf::actor_cast<caf::actor>(troupe::spawn_agent(sys, spec, links));
+  };
+  auto front = troupe::spawn_supervised_agent(*sys_, std::move(name),
+                                              std::move(factory), opts,
+                                              links.tracer);
+  own(front.address());
+  return front;
 }
 
 run_task runtime::make_task(std::string goal, const run_options& opts) const {

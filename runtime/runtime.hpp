@@ -34,6 +34,7 @@
 #include "actors/tracer.hpp"
 #include "messages/run.hpp"
 #include "runtime/tool_registry.hpp"
+#include "supervisors/supervised_agent.hpp"
 
 namespace troupe {
 
@@ -115,6 +116,12 @@ public:
   /// std::invalid_argument naming the agent and what is wrong.
   runnable_actor spawn_agent(agent_spec spec);
 
+  /// Spawns an agent under its own supervisor (see
+  /// supervisors/supervised_agent.hpp): a crash restarts it and the run is
+  /// tried again on the new incarnation. Throws like spawn_agent.
+  runnable_actor spawn_supervised_agent(agent_spec spec,
+                                        supervision_options opts = {});
+
   /// Builds the run_task for a goal.
   run_task make_task(std::string goal, const run_options& opts = {}) const;
 
@@ -165,6 +172,9 @@ private:
 
   /// Throws std::logic_error after shutdown().
   void ensure_running(const char* what) const;
+
+  /// Checks a spec and resolves its model and tools (may load a script file).
+  agent_links resolve(agent_spec& spec);
 
   runtime_config cfg_;
   tool_registry tools_;

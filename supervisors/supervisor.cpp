@@ -54,6 +54,9 @@ struct supervisor_state {
   span_recorder trace;
   std::string trace_id;
   std::string span_id;
+  /// Callers waiting for a child being restarted, by child index.
+  std::map<size_t, std::vector<caf::typed_response_promise<caf::actor>>>
+    waiters;
   /// Restarts waiting for their backoff: ticket -> child indices.
   std::map<uint64_t, std::vector<size_t>> pending;
   uint64_t next_ticket = 1;
@@ -76,6 +79,26 @@ void start_child(self_ptr self, size_t index) {
                              + "': the factory of child '" + child.spec.name
                              + "' returned no actor");
   self->monitor(child.current);
+  auto i = self->state.waiters.find(index);
+  if (i != self->state.waiters.end()) {
+    for (auto& rp : i->second)
+      rp.deliver(child.current);
+    self->state.waiters.erase(i);
+  }
+}
+
+/// Fails every caller waiting for a child (`index`, or all when npos).
+void fail_waiters(self_ptr self, size_t index, const std::string& why) {
+  auto& waiters = self->state.waiters;
+  for (auto i = waiters.begin(); i != waiters.end();) {
+    if (index != std::string::npos && i->first != index) {
+      ++i;
+      continue;
+    }
+    for (auto& rp : i->second)
+      rp.deliver(make_error(errc::unavailable, why));
+    i = waiters.erase(i);
+  }
 }
 
 /// Stops a child on purpose: no down message will reach us for it.
@@ -105,6 +128,7 @@ void give_up(self_ptr self, const child_slot& failed,
   event(self, "supervisor.give_up",
         json{{"troupe.child", failed.spec.name}, {"troupe.reason", why}});
   stop_all(self, caf::exit_reason::user_shutdown);
+  fail_waiters(self, std::string::npos, why);
   self->quit(make_error(errc::crashed, why));
 }
 
@@ -141,6 +165,8 @@ void on_child_down(self_ptr self, caf::down_msg& msg) {
                  || (child.spec.restart == restart_policy::transient && abnormal);
   if (!restart) {
     ++st.retired;
+    fail_waiters(self, index, "child '" + child.spec.name + "' of supervisor '"
+                                + st.cfg.name + "' ended and is not restarted");
     event(self, "supervisor.child_retired",
           json{{"troupe.child", child.spec.name},
                {"troupe.reason", error_text(msg.reason)}});
@@ -213,6 +239,8 @@ supervisor_impl::behavior_type supervisor(self_ptr self, supervisor_config cfg,
   // Stopped by its parent: take the children along.
   self->set_exit_handler([self](caf::exit_msg& msg) {
     stop_all(self, msg.reason);
+    fail_waiters(self, std::string::npos,
+                 "supervisor '" + self->state.cfg.name + "' stopped");
     self->quit(msg.reason);
   });
   self->set_exception_handler([self](std::exception_ptr& eptr) -> caf::error {
@@ -243,6 +271,38 @@ supervisor_impl::behavior_type supervisor(self_ptr self, supervisor_config cfg,
         }
       return make_error(errc::invalid_input, "supervisor '"
                                                + self->state.cfg.name
+                                               + "' has no child '" + name
+                                               + "'");
+    },
+    [self](sup_await_atom, const std::string& name,
+           const caf::actor_addr& stale) -> caf::result<caf::actor> {
+      auto& st = self->state;
+      for (size_t i = 0; i < st.children.size(); ++i) {
+        auto& child = st.children[i];
+        if (child.spec.name != name)
+          continue;
+        if (child.current && child.current.address() != stale)
+          return child.current;
+        if (child.current) {
+          // The caller saw this incarnation die; its down message is on the
+          // way and the restart will answer.
+          auto rp = self->make_response_promise<caf::actor>();
+          st.waiters[i].push_back(rp);
+          return rp;
+        }
+        bool restarting = false;
+        for (auto& kvp : st.pending)
+          restarting |= std::find(kvp.second.begin(), kvp.second.end(), i)
+                        != kvp.second.end();
+        if (!restarting)
+          return make_error(errc::unavailable,
+                            "child '" + name + "' of supervisor '" + st.cfg.name
+                              + "' ended and is not restarted");
+        auto rp = self->make_response_promise<caf::actor>();
+        st.waiters[i].push_back(rp);
+        return rp;
+      }
+      return make_error(errc::invalid_input, "supervisor '" + st.cfg.name
                                                + "' has no child '" + name
                                                + "'");
     },

@@ -281,3 +281,37 @@ TEST_CASE_METHOD(fixture, "bad supervisor settings are refused by name",
   CHECK_THROWS_WITH(spawn_supervisor(sys, cfg, {child("y")}),
                     Catch::Contains("window"));
 }
+
+TEST_CASE_METHOD(fixture,
+                 "sup_await hands out the next incarnation once it has started",
+                 "[supervisor]") {
+  auto cfg = config(restart_strategy::one_for_one);
+  cfg.backoff_base = 100ms;
+  auto sup = spawn_supervisor(sys, cfg, {child("w"), child("keep", restart_policy::temporary)});
+  CHECK(starts(2) == strings{"w", "keep"});
+  auto old = child_of(sup, "w");
+  observer->send(old, t_crash_atom::value);
+  // Asked right away, with the dead incarnation named, the supervisor waits
+  // out the 100 ms backoff instead of handing back the dead one.
+  caf::actor fresh;
+  observer->request(sup, 5s, sup_await_atom::value, std::string{"w"}, old.address())
+    .receive([&](caf::actor& a) { fresh = a; },
+             [](caf::error& err) { FAIL(error_text(err)); });
+  CHECK(fresh);
+  CHECK(fresh != old);
+  CHECK(starts(1) == strings{"w"});
+  // A retired child cannot be awaited. The supervisor monitored it before we
+  // did, so once our down message is here, its own is queued before our request.
+  auto keep = child_of(sup, "keep");
+  observer->monitor(keep);
+  observer->send(keep, t_crash_atom::value);
+  bool down = false;
+  observer->receive([&](caf::down_msg&) { down = true; }, caf::after(5s) >> [] {});
+  REQUIRE(down);
+  observer->request(sup, 5s, sup_await_atom::value, std::string{"keep"}, caf::actor_addr{})
+    .receive([](caf::actor&) { FAIL("a retired child was handed out"); },
+             [](caf::error& err) {
+               CHECK_THAT(error_text(err), Catch::Contains("not restarted"));
+             });
+  observer->send_exit(sup, caf::exit_reason::user_shutdown);
+}
