@@ -29,6 +29,9 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
 
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
 #include "actors/scripted_model.hpp"
 #include "messages/type_ids.hpp"
 #include "runtime/runtime.hpp"
@@ -183,6 +186,9 @@ react_figures react_loop(int runs, const std::string& trace_path,
 } // namespace
 
 int main(int argc, char** argv) {
+  // stdout carries only the JSON lines.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("troupe-bench"));
+  spdlog::set_level(spdlog::level::warn);
   int runs = 2000;
   int floor_trips = 200000;
   for (int i = 1; i + 1 < argc; i += 2) {

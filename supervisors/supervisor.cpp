@@ -205,7 +205,7 @@ void on_child_down(self_ptr self, caf::down_msg& msg) {
     auto shift = std::min<size_t>(st.recent.size() - 1, 20);
     delay = std::min(st.cfg.backoff_cap, st.cfg.backoff_base * (int64_t{1} << shift));
   }
-  spdlog::info("supervisor {}: child '{}' ended ({}); restarting {} child(ren) "
+  spdlog::debug("supervisor {}: child '{}' ended ({}); restarting {} child(ren) "
                "in {} ms",
                st.cfg.name, child.spec.name, error_text(msg.reason),
                indices.size(), delay.count());
