@@ -649,14 +649,7 @@ runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
     self->quit(msg.reason);
   });
   self->set_exception_handler([self](std::exception_ptr& eptr) -> caf::error {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(eptr);
-    } catch (const std::exception& ex) {
-      what = ex.what();
-    } catch (...) {
-      // keep "unknown exception"
-    }
+    auto what = exception_text(eptr);
     auto why = "agent '" + self->state.spec.name + "' crashed: " + what;
     spdlog::error("{}", why);
     fail_all(self, run_status::failed, why, true);

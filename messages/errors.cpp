@@ -60,6 +60,18 @@ std::string error_text(const caf::error& err) {
   return render(err.code(), err.category(), err.context());
 }
 
+std::string exception_text(const std::exception_ptr& eptr) {
+  try {
+    if (eptr)
+      std::rethrow_exception(eptr);
+  } catch (const std::exception& ex) {
+    return ex.what();
+  } catch (...) {
+    return "unknown exception";
+  }
+  return "no exception";
+}
+
 void register_error_category(caf::actor_system_config& cfg) {
   cfg.add_error_category(error_category, render);
 }

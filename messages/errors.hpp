@@ -5,6 +5,7 @@
 // cross nodes like any error and render without an actor system (error_text).
 
 #include <cstdint>
+#include <exception>
 #include <string>
 
 #include <caf/atom.hpp>
@@ -45,6 +46,10 @@ caf::error make_error(errc code, std::string what);
 
 /// One line for any caf::error: troupe's own sentence, CAF's text otherwise.
 std::string error_text(const caf::error& err);
+
+/// The what() of an exception, or "unknown exception" for one that is not a
+/// std::exception (for exception handlers).
+std::string exception_text(const std::exception_ptr& eptr);
 
 /// Teaches a config to render troupe errors (called by register_messages).
 void register_error_category(caf::actor_system_config& cfg);

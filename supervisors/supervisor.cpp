@@ -244,14 +244,7 @@ supervisor_impl::behavior_type supervisor(self_ptr self, supervisor_config cfg,
     self->quit(msg.reason);
   });
   self->set_exception_handler([self](std::exception_ptr& eptr) -> caf::error {
-    std::string what = "unknown exception";
-    try {
-      std::rethrow_exception(eptr);
-    } catch (const std::exception& ex) {
-      what = ex.what();
-    } catch (...) {
-      // keep "unknown exception"
-    }
+    auto what = exception_text(eptr);
     stop_all(self, caf::exit_reason::user_shutdown);
     return make_error(errc::crashed, "supervisor '" + self->state.cfg.name
                                        + "' crashed: " + what);

@@ -17,6 +17,7 @@
 #include "messages/errors.hpp"
 #include "messages/type_ids.hpp"
 #include "runtime/clock.hpp"
+#include "support/system_fixture.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace troupe;
@@ -24,15 +25,7 @@ using troupe::test::temp_dir;
 
 namespace {
 
-/// An actor system per test case, with every troupe message registered.
-struct system_fixture {
-  static caf::actor_system_config& configured(caf::actor_system_config& cfg) {
-    register_messages(cfg);
-    return cfg;
-  }
-  caf::actor_system_config cfg;
-  caf::actor_system sys{configured(cfg)};
-};
+using troupe::test::system_fixture;
 
 chat_message msg(chat_role role, std::string content) {
   chat_message m;

@@ -7,21 +7,13 @@
 #include <caf/binary_deserializer.hpp>
 #include <caf/binary_serializer.hpp>
 #include <caf/message.hpp>
+#include "support/system_fixture.hpp"
 
 using namespace troupe;
 
 namespace {
 
-/// An actor system per test case, with every troupe message registered.
-struct system_fixture {
-  static caf::actor_system_config& configured(caf::actor_system_config& cfg) {
-    register_messages(cfg);
-    cfg.set("scheduler.max-threads", 1);
-    return cfg;
-  }
-  caf::actor_system_config cfg;
-  caf::actor_system sys{configured(cfg)};
-};
+using troupe::test::system_fixture;
 
 thread_local caf::actor_system* current_system = nullptr;
 

@@ -10,6 +10,7 @@
 
 #include "messages/errors.hpp"
 #include "messages/type_ids.hpp"
+#include "support/system_fixture.hpp"
 
 using namespace troupe;
 using namespace std::chrono_literals;
@@ -29,13 +30,7 @@ caf::behavior test_child(caf::event_based_actor* self, std::string name) {
   };
 }
 
-struct fixture {
-  static caf::actor_system_config& configured(caf::actor_system_config& cfg) {
-    register_messages(cfg);
-    return cfg;
-  }
-  caf::actor_system_config cfg;
-  caf::actor_system sys{configured(cfg)};
+struct fixture : troupe::test::system_fixture {
   caf::scoped_actor observer{sys};
 
   child_spec child(const std::string& name,
@@ -156,10 +151,21 @@ TEST_CASE_METHOD(fixture, "restart policies decide who comes back",
   // A normal exit: permanent comes back, transient does not.
   observer->send(child_of(sup, "perm"), t_done_atom::value);
   CHECK(starts(1) == strings{"perm"});
-  observer->send(child_of(sup, "trans"), t_done_atom::value);
-  CHECK(no_start());
+  auto trans = child_of(sup, "trans");
+  observer->send(trans, t_done_atom::value);
   // A crash: temporary does not come back either.
-  observer->send(child_of(sup, "temp"), t_crash_atom::value);
+  auto temp = child_of(sup, "temp");
+  observer->send(temp, t_crash_atom::value);
+  // Awaiting the dead incarnations returns once the supervisor has handled
+  // their ends: with an error, since neither comes back.
+  for (auto& dead : {trans, temp})
+    observer->request(sup, 5s, sup_await_atom::value,
+                      dead == trans ? std::string{"trans"} : std::string{"temp"},
+                      dead.address())
+      .receive([](caf::actor&) { FAIL("a retired child was handed out"); },
+               [](caf::error& err) {
+                 CHECK_THAT(error_text(err), Catch::Contains("not restarted"));
+               });
   CHECK(no_start());
   auto s = stats(sup);
   CHECK(s.restarts == 1);
@@ -300,15 +306,11 @@ TEST_CASE_METHOD(fixture,
   CHECK(fresh);
   CHECK(fresh != old);
   CHECK(starts(1) == strings{"w"});
-  // A retired child cannot be awaited. The supervisor monitored it before we
-  // did, so once our down message is here, its own is queued before our request.
+  // A retired child cannot be awaited. Naming the dead incarnation makes the
+  // supervisor wait for its down message, whatever order messages arrive in.
   auto keep = child_of(sup, "keep");
-  observer->monitor(keep);
   observer->send(keep, t_crash_atom::value);
-  bool down = false;
-  observer->receive([&](caf::down_msg&) { down = true; }, caf::after(5s) >> [] {});
-  REQUIRE(down);
-  observer->request(sup, 5s, sup_await_atom::value, std::string{"keep"}, caf::actor_addr{})
+  observer->request(sup, 5s, sup_await_atom::value, std::string{"keep"}, keep.address())
     .receive([](caf::actor&) { FAIL("a retired child was handed out"); },
              [](caf::error& err) {
                CHECK_THAT(error_text(err), Catch::Contains("not restarted"));
