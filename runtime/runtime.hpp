@@ -122,6 +122,15 @@ public:
   runnable_actor spawn_supervised_agent(agent_spec spec,
                                         supervision_options opts = {});
 
+  /// Makes shutdown() stop an actor spawned on system() by other means (a
+  /// team, a supervisor): the actor system waits for every actor, so one that
+  /// nobody stops would make shutdown wait forever. Returns the handle.
+  template <class Handle>
+  Handle adopt(Handle handle) {
+    own(handle.address());
+    return handle;
+  }
+
   /// Builds the run_task for a goal.
   run_task make_task(std::string goal, const run_options& opts = {}) const;
 
