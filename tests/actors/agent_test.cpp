@@ -16,6 +16,7 @@
 #include "runtime/blocking_pool.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/runtime.hpp"
+#include "support/runtime_fixture.hpp"
 #include "support/test_models.hpp"
 
 using namespace troupe;
@@ -25,8 +26,7 @@ using namespace std::chrono_literals;
 namespace {
 
 runtime_config quiet_config() {
-  runtime_config cfg;
-  cfg.load_middleman = false;
+  auto cfg = test_runtime_config();
   cfg.blocking_threads = 4;
   return cfg;
 }

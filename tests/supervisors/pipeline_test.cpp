@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "runtime/runtime.hpp"
+#include "support/runtime_fixture.hpp"
 #include "support/test_models.hpp"
 
 using namespace troupe;
@@ -21,14 +22,7 @@ chat_response wrap(const chat_request& req) {
   return answer(req.agent + "(" + goal + ")", {10, 5});
 }
 
-struct fixture {
-  runtime rt{[] {
-    runtime_config cfg;
-    cfg.load_middleman = false;
-    return cfg;
-  }()};
-  std::shared_ptr<model_log> log = std::make_shared<model_log>();
-
+struct fixture : runtime_fixture {
   fixture() {
     rt.add_model("wrap", spawn_recording_model(rt.system(), log, wrap));
   }

@@ -6,6 +6,7 @@
 
 #include "runtime/builtin_tools.hpp"
 #include "runtime/runtime.hpp"
+#include "support/runtime_fixture.hpp"
 #include "support/test_models.hpp"
 
 using namespace troupe;
@@ -26,14 +27,7 @@ chat_response three_steps(const chat_request& req) {
   return answer("done by " + req.agent);
 }
 
-struct fixture {
-  runtime rt{[] {
-    runtime_config cfg;
-    cfg.load_middleman = false;
-    return cfg;
-  }()};
-  std::shared_ptr<model_log> log = std::make_shared<model_log>();
-
+struct fixture : runtime_fixture {
   fixture() {
     rt.tools().add(calculator_tool());
     rt.add_model("m", spawn_recording_model(rt.system(), log, three_steps));
