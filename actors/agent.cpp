@@ -44,6 +44,18 @@ const char* to_string(agent_phase x) {
   return "UNKNOWN";
 }
 
+run_result failed_result(const run_task& task, std::string error,
+                         std::string agent) {
+  run_result r;
+  r.run_id = task.ref.run_id;
+  r.agent = std::move(agent);
+  r.status = run_status::failed;
+  r.error = std::move(error);
+  r.started_ns = now_ns();
+  r.ended_ns = r.started_ns;
+  return r;
+}
+
 void validate(const agent_spec& spec) {
   auto fail = [&](const std::string& what) {
     throw std::invalid_argument("agent '" + spec.name + "': " + what);
@@ -204,19 +216,6 @@ void finish(agent_self self, run_status status, std::string answer,
   enter(self, agent_phase::idle);
   st.run.reset();
   start_next(self);
-}
-
-/// A failed result for a run that never started.
-run_result failed_result_for(const run_task& task, const std::string& agent,
-                             const std::string& why) {
-  run_result r;
-  r.run_id = task.ref.run_id;
-  r.agent = agent;
-  r.status = run_status::failed;
-  r.error = why;
-  r.started_ns = now_ns();
-  r.ended_ns = r.started_ns;
-  return r;
 }
 
 /// The last thing the model said, for a run that ends without a final answer.
@@ -617,7 +616,7 @@ void fail_all(agent_self self, run_status status, const std::string& why,
       queued.second.deliver(make_error(errc::crashed, why));
       continue;
     }
-    auto r = failed_result_for(queued.first, st.spec.name, why);
+    auto r = failed_result(queued.first, why, st.spec.name);
     r.status = status;
     queued.second.deliver(std::move(r));
   }

@@ -96,6 +96,11 @@ struct agent_links {
   tracer_actor tracer;
 };
 
+/// A failed run_result for a run that never produced one of its own (the
+/// caller gave up, the agent stopped before it began...).
+run_result failed_result(const run_task& task, std::string error,
+                         std::string agent = "");
+
 /// Checks a spec, throwing std::invalid_argument naming the bad field.
 void validate(const agent_spec& spec);
 

@@ -27,16 +27,6 @@ constexpr const char* scripted_prefix = "scripted:";
 
 } // namespace
 
-run_result failed_result(const run_task& task, std::string error) {
-  run_result r;
-  r.run_id = task.ref.run_id;
-  r.status = run_status::failed;
-  r.error = std::move(error);
-  r.started_ns = now_ns();
-  r.ended_ns = r.started_ns;
-  return r;
-}
-
 runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
   sys_cfg_ = std::make_unique<caf::actor_system_config>();
   register_messages(*sys_cfg_);

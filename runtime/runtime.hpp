@@ -199,7 +199,5 @@ private:
   bool stopped_ = false;
 };
 
-/// A failed run_result for a run that never produced one of its own.
-run_result failed_result(const run_task& task, std::string error);
 
 } // namespace troupe
