@@ -14,6 +14,7 @@
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/events.hpp"
 #include "actors/span_recorder.hpp"
 #include "messages/errors.hpp"
 #include "runtime/clock.hpp"
@@ -147,6 +148,8 @@ struct agent_state {
   span_recorder trace;
   agent_phase phase = agent_phase::idle;
   std::optional<active_run> run;
+  /// Subscribers to this agent's events.
+  event_hub events;
   std::deque<std::pair<run_task, caf::typed_response_promise<run_result>>>
     backlog;
   uint64_t next_seq = 1;
@@ -212,6 +215,7 @@ void finish(agent_self self, run_status status, std::string answer,
     status == run_status::complete ? "" : run.result.error);
   spdlog::debug("agent {}: run {} ended {} after {} step(s)", st.spec.name,
                 run.result.run_id, to_string(status), run.result.steps.size());
+  st.events.publish(finished_event(st.spec.name, run.result, run.trace_id));
   run.promise.deliver(std::move(run.result));
   enter(self, agent_phase::idle);
   st.run.reset();
@@ -261,6 +265,8 @@ void begin(agent_self self, run_task task,
   if (!task.context.value.is_null())
     goal += "\n\nContext:\n" + safe_dump(task.context.value, 2);
   run.messages.push_back({chat_role::user, std::move(goal), {}, "", ""});
+  if (st.events.wants(event_kind::run_started))
+    st.events.publish(started_event(st.spec.name, task));
   run.task = std::move(task);
   run.promise = std::move(promise);
   enter(self, agent_phase::planning);
@@ -288,6 +294,16 @@ void close_step(agent_self self, const std::string& outcome) {
   run.step_span.clear();
   run.step_open = false;
   run.result.steps.push_back(std::move(run.step));
+  if (st.events.wants(event_kind::step_completed)) {
+    agent_event ev;
+    ev.source = st.spec.name;
+    ev.kind = event_kind::step_completed;
+    ev.run_id = run.result.run_id;
+    ev.trace_id = run.trace_id;
+    ev.step = run.current_step;
+    ev.time_ns = now_ns();
+    st.events.publish(ev);
+  }
   run.step = step_record{};
 }
 
@@ -605,6 +621,7 @@ void fail_all(agent_self self, run_status status, const std::string& why,
     st.trace.end(run.trace_id, run.run_span,
                  [&] { return json{{"troupe.run.status", to_string(status)}}; },
                  why);
+    st.events.publish(finished_event(st.spec.name, run.result, run.trace_id));
     if (crashed)
       run.promise.deliver(make_error(errc::crashed, why));
     else
@@ -664,6 +681,12 @@ runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
         begin(self, std::move(task), promise);
       }
       return promise;
+    },
+    [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
+      self->state.events.subscribe(std::move(sink), mask);
+    },
+    [self](ev_unsubscribe_atom, caf::actor& sink) {
+      self->state.events.unsubscribe(sink);
     },
   };
 }

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <caf/actor.hpp>
+#include <caf/atom.hpp>
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
 
@@ -76,16 +78,86 @@ struct run_result {
   std::string answer;
   std::vector<step_record> steps;
   token_usage usage;
-  /// Why the run did not complete; empty when it did.
+  /// Why the run did not complete; empty when it did, except for a team that
+  /// completed although some of its subtasks failed (a partial failure): then
+  /// it names them.
   std::string error;
   int64_t started_ns = 0;
   int64_t ended_ns = 0;
+  /// What a team did besides its steps (its plan, each subtask's outcome, a
+  /// debate's answers...); null for an agent.
+  json_value detail;
 };
 TROUPE_MESSAGE(run_result, run_id, agent, status, answer, steps, usage, error,
-               started_ns, ended_ns)
+               started_ns, ended_ns, detail)
 
-/// Anything that runs tasks: an agent or a team.
+/// What happened in a run, as its subscribers see it.
+enum class event_kind : uint8_t {
+  /// A run began (after waiting in the queue, if it did).
+  run_started,
+  /// An agent finished one step (a model call and the tools it asked for).
+  step_completed,
+  /// A run ended with status complete.
+  task_completed,
+  /// A run ended with any other status.
+  task_failed,
+};
+
+TROUPE_JSON_ENUM(event_kind,
+                 {{event_kind::run_started, "run_started"},
+                  {event_kind::step_completed, "step_completed"},
+                  {event_kind::task_completed, "task_completed"},
+                  {event_kind::task_failed, "task_failed"}})
+
+/// Text name of an event kind, as in JSON.
+const char* to_string(event_kind x);
+
+/// A set of event kinds, for subscribing.
+using event_mask = uint32_t;
+
+/// The mask of one kind.
+constexpr event_mask mask_of(event_kind x) {
+  return event_mask{1} << static_cast<uint32_t>(x);
+}
+
+/// Every kind.
+constexpr event_mask all_events = 0xF;
+
+/// One event of an agent or a team, sent to its subscribers.
+struct agent_event {
+  /// The agent or team that emitted it.
+  std::string source;
+  event_kind kind = event_kind::run_started;
+  std::string run_id;
+  std::string trace_id;
+  /// The step that completed (step_completed), or the steps taken so far.
+  int32_t step = 0;
+  /// For task_completed and task_failed: how the run ended, its answer and why.
+  run_status status = run_status::complete;
+  std::string answer;
+  std::string error;
+  int64_t time_ns = 0;
+};
+TROUPE_MESSAGE(agent_event, source, kind, run_id, trace_id, step, status,
+               answer, error, time_ns)
+
+/// Subscribes an actor (an event_sink) to a runnable's events of the kinds in
+/// the mask: (ev_subscribe_atom, caf::actor, event_mask). Subscribing again
+/// replaces the mask.
+using ev_subscribe_atom = caf::atom_constant<caf::atom("ev_sub")>;
+
+/// Ends a subscription: (ev_unsubscribe_atom, caf::actor).
+using ev_unsubscribe_atom = caf::atom_constant<caf::atom("ev_unsub")>;
+
+/// Whoever receives events.
+using event_sink = caf::typed_actor<caf::reacts_to<agent_event>>;
+
+/// Anything that runs tasks: an agent or a team. Every runnable also publishes
+/// its events to subscribers, so an observer or another agent is woken by them
+/// instead of polling.
 using runnable_actor =
-  caf::typed_actor<caf::replies_to<run_task>::with<run_result>>;
+  caf::typed_actor<caf::replies_to<run_task>::with<run_result>,
+                   caf::reacts_to<ev_subscribe_atom, caf::actor, event_mask>,
+                   caf::reacts_to<ev_unsubscribe_atom, caf::actor>>;
 
 } // namespace troupe

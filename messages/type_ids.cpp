@@ -22,6 +22,20 @@ const char* to_string(run_status x) {
   return "unknown";
 }
 
+const char* to_string(event_kind x) {
+  switch (x) {
+    case event_kind::run_started:
+      return "run_started";
+    case event_kind::step_completed:
+      return "step_completed";
+    case event_kind::task_completed:
+      return "task_completed";
+    case event_kind::task_failed:
+      return "task_failed";
+  }
+  return "unknown";
+}
+
 void register_messages(caf::actor_system_config& cfg) {
   cfg.add_message_types<caf::id_block::troupe>();
   register_error_category(cfg);

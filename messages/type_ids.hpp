@@ -34,6 +34,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(troupe, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(troupe, (troupe::run_task))
   CAF_ADD_TYPE_ID(troupe, (troupe::step_record))
   CAF_ADD_TYPE_ID(troupe, (troupe::run_result))
+  CAF_ADD_TYPE_ID(troupe, (troupe::agent_event))
   // trace
   CAF_ADD_TYPE_ID(troupe, (troupe::span_start))
   CAF_ADD_TYPE_ID(troupe, (troupe::span_end))

@@ -9,6 +9,8 @@
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/agent.hpp"
+#include "actors/events.hpp"
 #include "messages/errors.hpp"
 #include "runtime/clock.hpp"
 
@@ -31,19 +33,41 @@ struct front_state {
   std::string sup_gone;
   /// Runs that found the supervisor gone before its down message arrived:
   /// answered with the reason when it does.
-  std::vector<std::pair<std::string, caf::typed_response_promise<run_result>>>
+  std::vector<std::pair<run_task, caf::typed_response_promise<run_result>>>
     orphaned;
+  /// Subscribers: they see the front's runs (each retried run once).
+  event_hub events;
 };
 
 
 using front_ptr = runnable_actor::stateful_pointer<front_state>;
 
-void answer_gone(front_ptr self, const std::string& run_id,
+/// Answers the caller and tells the subscribers how the run ended.
+void answer(front_ptr self, const run_task& task,
+            caf::typed_response_promise<run_result>& rp, run_result r) {
+  self->state.events.publish(
+    finished_event(self->state.agent, r, task.ref.trace_id));
+  rp.deliver(std::move(r));
+}
+
+/// Answers the caller with an error (a crash, the supervisor gone...); the
+/// subscribers see a failed run naming it.
+void answer(front_ptr self, const run_task& task,
+            caf::typed_response_promise<run_result>& rp, caf::error err) {
+  if (self->state.events.wants(event_kind::task_failed))
+    self->state.events.publish(finished_event(
+      self->state.agent, failed_result(task, error_text(err), self->state.agent),
+      task.ref.trace_id));
+  rp.deliver(std::move(err));
+}
+
+void answer_gone(front_ptr self, const run_task& task,
                  caf::typed_response_promise<run_result>& rp) {
-  rp.deliver(make_error(errc::crashed, "agent '" + self->state.agent + "' run "
-                                         + run_id
-                                         + " failed: its supervisor gave up: "
-                                         + self->state.sup_gone));
+  answer(self, task, rp,
+         make_error(errc::crashed, "agent '" + self->state.agent + "' run "
+                                     + task.ref.run_id
+                                     + " failed: its supervisor gave up: "
+                                     + self->state.sup_gone));
 }
 
 std::chrono::milliseconds run_timeout(const run_task& task) {
@@ -64,7 +88,9 @@ void attempt(front_ptr self, run_task task,
         auto used = incarnation.address();
         self->request(agent, run_timeout(task), task)
           .then(
-            [rp](run_result& r) mutable { rp.deliver(std::move(r)); },
+            [self, task, rp](run_result& r) mutable {
+              answer(self, task, rp, std::move(r));
+            },
             [self, task, rp, attempt_no, used](caf::error& err) mutable {
               auto& st = self->state;
               if (is_crash(err) && attempt_no <= st.run_retries) {
@@ -76,7 +102,7 @@ void attempt(front_ptr self, run_task task,
                         used);
                 return;
               }
-              rp.deliver(make_error(
+              answer(self, task, rp, make_error(
                 is_crash(err) ? errc::crashed : errc::unavailable,
                 "agent '" + st.agent + "' run " + task.ref.run_id + " failed after "
                   + std::to_string(attempt_no) + " attempt(s): "
@@ -88,12 +114,12 @@ void attempt(front_ptr self, run_task task,
         if (err == caf::sec::request_receiver_down) {
           // The supervisor is gone; its down message says why.
           if (st.sup_gone.empty())
-            st.orphaned.emplace_back(task.ref.run_id, rp);
+            st.orphaned.emplace_back(task, rp);
           else
-            answer_gone(self, task.ref.run_id, rp);
+            answer_gone(self, task, rp);
           return;
         }
-        rp.deliver(make_error(errc::unavailable,
+        answer(self, task, rp, make_error(errc::unavailable,
                               "agent '" + st.agent + "' run "
                                 + task.ref.run_id + ": " + error_text(err)));
       });
@@ -111,8 +137,8 @@ runnable_actor::behavior_type front(front_ptr self, std::string agent,
     if (msg.source != self->state.sup.address())
       return;
     self->state.sup_gone = error_text(msg.reason);
-    for (auto& [run_id, rp] : self->state.orphaned)
-      answer_gone(self, run_id, rp);
+    for (auto& [task, rp] : self->state.orphaned)
+      answer_gone(self, task, rp);
     self->state.orphaned.clear();
   });
   self->set_exit_handler([self](caf::exit_msg& msg) {
@@ -125,9 +151,22 @@ runnable_actor::behavior_type front(front_ptr self, std::string agent,
         return make_error(errc::crashed, "agent '" + self->state.agent
                                            + "' is no longer supervised: "
                                            + self->state.sup_gone);
+      if (task.ref.run_id.empty())
+        task.ref.run_id = "run-" + random_hex(8);
+      if (task.ref.trace_id.empty())
+        task.ref.trace_id = new_trace_id();
+      auto& events = self->state.events;
+      if (events.wants(event_kind::run_started))
+        events.publish(started_event(self->state.agent, task));
       auto rp = self->make_response_promise<run_result>();
       attempt(self, std::move(task), rp, 1);
       return rp;
+    },
+    [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
+      self->state.events.subscribe(std::move(sink), mask);
+    },
+    [self](ev_unsubscribe_atom, caf::actor& sink) {
+      self->state.events.unsubscribe(sink);
     },
   };
 }
