@@ -19,14 +19,12 @@
 
 #include "messages/run.hpp"
 #include "messages/trace.hpp"
+#include "supervisors/teams.hpp"
 
 namespace troupe {
 
 /// One stage: a name for traces and errors, and whoever runs it.
-struct pipeline_stage {
-  std::string name;
-  runnable_actor runner;
-};
+using pipeline_stage = team_member;
 
 /// Spawns a pipeline. Throws std::invalid_argument for no stages, a stage
 /// without a runner or a repeated stage name.
