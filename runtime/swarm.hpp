@@ -10,7 +10,9 @@
 //     "agents": [{"name": "support", "system_prompt": "...",
 //                 "tools": ["calculator", "kv_lookup", "clock"],
 //                 "max_steps": 8, "max_parallel_tools": 4}],
-//     "entry": "support"
+//     "teams": [{"name": "desk", "pattern": "debate", "debaters": [...],
+//                "judge": "..."}],                // optional; see the doc
+//     "entry": "support"                          // an agent or a team
 //   }
 //
 // Relative file paths are resolved against the swarm file's folder. Every
@@ -24,6 +26,7 @@
 #include "actors/agent.hpp"
 #include "messages/json_value.hpp"
 #include "messages/run.hpp"
+#include "supervisors/teams.hpp"
 
 namespace troupe {
 
@@ -35,6 +38,40 @@ public:
   using std::invalid_argument::invalid_argument;
 };
 
+/// A team in a swarm file (docs/swarm-files.md). Members are named agents or
+/// other teams of the same file.
+struct team_definition {
+  std::string name;
+  /// orchestrator_worker, hierarchical, pipeline, debate, map_reduce or
+  /// evaluator_optimizer.
+  std::string pattern;
+  // orchestrator_worker / hierarchical
+  std::string planner;
+  team_plan plan;
+  std::map<std::string, std::vector<std::string>> workers;
+  std::string synthesizer;
+  int32_t max_attempts = 2;
+  int32_t max_parallel = 0;
+  int32_t max_subtasks = 1000;
+  int32_t plan_retries = 1;
+  // pipeline
+  std::vector<std::string> stages;
+  // debate
+  std::vector<std::string> debaters;
+  std::string judge;
+  int32_t rounds = 0;
+  // map_reduce
+  std::vector<std::string> mappers;
+  std::string reducer;
+  std::string splitter;
+  // evaluator_optimizer
+  std::string generator;
+  std::string evaluator;
+  int32_t max_rounds = 3;
+  /// Every member named anywhere above, in order.
+  std::vector<std::string> members() const;
+};
+
 /// A parsed, checked swarm file.
 struct swarm_definition {
   std::string origin;
@@ -43,7 +80,9 @@ struct swarm_definition {
   /// Settings of builtin tools, by tool name.
   std::map<std::string, json> tool_settings;
   std::vector<agent_spec> agents;
-  /// The agent that receives the goal.
+  /// Teams, in an order where every team comes after the teams it contains.
+  std::vector<team_definition> teams;
+  /// The agent or team that receives the goal.
   std::string entry;
 };
 
@@ -56,9 +95,10 @@ swarm_definition load_swarm(const std::string& path);
 swarm_definition parse_swarm(const json& doc, const std::string& origin,
                              const std::string& base_dir);
 
-/// A swarm's agents, spawned.
+/// A swarm's agents and teams, spawned.
 struct swarm_instance {
   std::map<std::string, runnable_actor> agents;
+  std::map<std::string, runnable_actor> teams;
   runnable_actor entry;
 };
 
