@@ -1,5 +1,8 @@
 #include "runtime/runtime.hpp"
 
+#include <algorithm>
+#include <thread>
+
 #include <stdexcept>
 
 #include <caf/actor_system.hpp>
@@ -30,8 +33,12 @@ constexpr const char* scripted_prefix = "scripted:";
 runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
   sys_cfg_ = std::make_unique<caf::actor_system_config>();
   register_messages(*sys_cfg_);
-  if (cfg_.scheduler_threads > 0)
-    sys_cfg_->set("scheduler.max-threads", cfg_.scheduler_threads);
+  // CAF's own default is at least four threads, which on a small machine
+  // spends its time stealing and yielding rather than running actors.
+  auto threads = cfg_.scheduler_threads;
+  if (threads == 0)
+    threads = std::max(1u, std::thread::hardware_concurrency());
+  sys_cfg_->set("scheduler.max-threads", threads);
   if (cfg_.scheduler_policy != "stealing" && cfg_.scheduler_policy != "sharing")
     throw std::invalid_argument("runtime_config.scheduler_policy must be "
                                 "'stealing' or 'sharing', got '"

@@ -43,7 +43,8 @@ class io_pool;
 
 /// How a runtime is set up.
 struct runtime_config {
-  /// CAF scheduler threads; 0 = one per core.
+  /// CAF scheduler threads; 0 = one per core (CAF alone would start at least
+  /// four, which on a two-core machine mostly steal and yield).
   size_t scheduler_threads = 0;
   /// Threads that run tool bodies.
   size_t blocking_threads = 4;

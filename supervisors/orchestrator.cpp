@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <deque>
+#include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -65,12 +67,39 @@ struct dag_run {
   size_t running = 0;
   size_t settled = 0;
   json plan_json = json::array();
+  /// Subtask id to its place in subs.
+  std::map<std::string, size_t> index;
 };
 
+/// The members of one role, least busy first.
 struct pool {
   std::vector<team_member> members;
   /// Subtasks in flight per member, over every run of the team.
   std::vector<int32_t> load;
+  /// (load, member) for every member: the first is the least busy, so a
+  /// launch costs O(log members) however large the pool.
+  std::set<std::pair<int32_t, size_t>> by_load;
+
+  void init() {
+    load.assign(members.size(), 0);
+    by_load.clear();
+    for (size_t k = 0; k < members.size(); ++k)
+      by_load.emplace(0, k);
+  }
+
+  void add_load(size_t k, int32_t delta) {
+    by_load.erase({load[k], k});
+    load[k] += delta;
+    by_load.emplace(load[k], k);
+  }
+
+  /// The least busy member, other than `avoid` when there is another.
+  size_t pick(std::optional<size_t> avoid) const {
+    auto it = by_load.begin();
+    if (avoid && it->second == *avoid && members.size() > 1)
+      ++it;
+    return it->second;
+  }
 };
 
 struct coordinator_state : team_base {
@@ -143,6 +172,8 @@ void synthesize(coord_ptr self, dag_ptr dag) {
   std::vector<std::string> failures;
   auto failed_json = json::array();
   size_t done = 0;
+  size_t failed = 0;
+  size_t skipped = 0;
   for (const auto& s : dag->subs) {
     auto label = "[" + s.spec.id + (st.map_reduce ? "" : " (" + s.spec.role + ")")
                  + "]";
@@ -152,6 +183,7 @@ void synthesize(coord_ptr self, dag_ptr dag) {
     } else {
       results += label + " FAILED: " + s.error + "\n";
       failures.push_back(s.spec.id + ": " + s.error);
+      ++(s.phase == sub_phase::skipped ? skipped : failed);
       failed_json.push_back(s.spec.id);
     }
   }
@@ -166,9 +198,13 @@ void synthesize(coord_ptr self, dag_ptr dag) {
     return;
   }
   std::string partial;
-  if (!failures.empty())
-    partial = "partial failure: " + std::to_string(failures.size()) + " of "
-              + std::to_string(dag->subs.size()) + " subtask(s) failed: " + which;
+  if (!failures.empty()) {
+    partial = "partial failure: " + std::to_string(failed) + " of "
+              + std::to_string(dag->subs.size()) + " subtask(s) failed";
+    if (skipped > 0)
+      partial += " and " + std::to_string(skipped) + " were skipped";
+    partial += ": " + which;
+  }
   if (!st.synthesizer) {
     run.result.answer = results;
     close_team_run(st, run, run_status::complete, partial);
@@ -235,8 +271,7 @@ void attempt_ended(coord_ptr self, dag_ptr dag, size_t i, bool ok,
                    std::string answer_or_error) {
   auto& st = self->state;
   auto& s = dag->subs[i];
-  auto& p = st.roles.at(s.spec.role);
-  --p.load[s.member];
+  st.roles.at(s.spec.role).add_load(s.member, -1);
   --dag->running;
   s.ended_ns = now_ns();
   if (dag->run->closed)
@@ -284,27 +319,16 @@ void attempt_ended(coord_ptr self, dag_ptr dag, size_t i, bool ok,
   settle(self, dag);
 }
 
-/// The least busy member of the role, preferring one that has not just
-/// failed this subtask.
-size_t pick_member(const pool& p, const sub_state& s) {
-  size_t best = p.members.size();
-  for (size_t k = 0; k < p.members.size(); ++k) {
-    if (s.attempts > 0 && p.members.size() > 1 && k == s.member)
-      continue;
-    if (best == p.members.size() || p.load[k] < p.load[best])
-      best = k;
-  }
-  return best;
-}
-
 void launch(coord_ptr self, dag_ptr dag, size_t i) {
   auto& st = self->state;
   auto& run = *dag->run;
   auto& s = dag->subs[i];
   auto& p = st.roles.at(s.spec.role);
-  s.member = pick_member(p, s);
+  // A retry goes to another member than the one that just failed it.
+  s.member = p.pick(s.attempts > 0 ? std::optional<size_t>{s.member}
+                                   : std::nullopt);
   s.member_name = p.members[s.member].name;
-  ++p.load[s.member];
+  p.add_load(s.member, 1);
   ++dag->running;
   ++s.attempts;
   s.phase = sub_phase::running;
@@ -314,9 +338,7 @@ void launch(coord_ptr self, dag_ptr dag, size_t i) {
   if (!s.spec.depends_on.empty()) {
     goal += "\n\nResults you build on:";
     for (const auto& d : s.spec.depends_on)
-      for (const auto& other : dag->subs)
-        if (other.spec.id == d)
-          goal += "\n[" + d + "] " + other.answer;
+      goal += "\n[" + d + "] " + dag->subs[dag->index.at(d)].answer;
   }
   json context = st.map_reduce
                    ? json{{"team", st.team}, {"item", s.spec.id}}
@@ -364,7 +386,7 @@ void start_dag(coord_ptr self, std::shared_ptr<team_run> run, team_plan plan) {
   auto dag = std::make_shared<dag_run>();
   dag->run = std::move(run);
   dag->plan_json = plan_to_json(plan);
-  std::map<std::string, size_t> index;
+  auto& index = dag->index;
   for (size_t i = 0; i < plan.subtasks.size(); ++i) {
     index.emplace(plan.subtasks[i].id, i);
     sub_state s;
@@ -592,13 +614,14 @@ void check_member(const std::string& team, const std::string& what,
 }
 
 void check_limits(const std::string& team, int32_t max_attempts,
-                  int32_t max_parallel, int32_t max_subtasks) {
+                  int32_t max_parallel, int32_t max_subtasks,
+                  const char* subtasks_name) {
   if (max_attempts < 1)
     bad_team(team, "max_attempts must be at least 1");
   if (max_parallel < 0)
     bad_team(team, "max_parallel must not be negative");
   if (max_subtasks < 1)
-    bad_team(team, "the subtask limit must be at least 1");
+    bad_team(team, std::string{subtasks_name} + " must be at least 1");
 }
 
 } // namespace
@@ -608,7 +631,8 @@ runnable_actor spawn_orchestrator(caf::actor_system& sys,
   const auto& team = cfg.name;
   if (team.empty())
     throw std::invalid_argument("an orchestrator team needs a name");
-  check_limits(team, cfg.max_attempts, cfg.max_parallel, cfg.max_subtasks);
+  check_limits(team, cfg.max_attempts, cfg.max_parallel, cfg.max_subtasks,
+               "max_subtasks");
   if (cfg.plan_retries < 0)
     bad_team(team, "plan_retries must not be negative");
   if (cfg.workers.empty())
@@ -627,8 +651,8 @@ runnable_actor spawn_orchestrator(caf::actor_system& sys,
     }
     st->role_names.push_back(role);
     pool p;
-    p.load.assign(members.size(), 0);
     p.members = std::move(members);
+    p.init();
     st->roles.emplace(role, std::move(p));
   }
   if (!cfg.planner) {
@@ -657,7 +681,8 @@ runnable_actor spawn_map_reduce(caf::actor_system& sys, map_reduce_config cfg) {
   const auto& team = cfg.name;
   if (team.empty())
     throw std::invalid_argument("a map_reduce team needs a name");
-  check_limits(team, cfg.max_attempts, cfg.max_parallel, cfg.max_items);
+  check_limits(team, cfg.max_attempts, cfg.max_parallel, cfg.max_items,
+               "max_items");
   if (cfg.mappers.empty())
     bad_team(team, "has no mappers");
   std::set<std::string> names;
@@ -674,8 +699,8 @@ runnable_actor spawn_map_reduce(caf::actor_system& sys, map_reduce_config cfg) {
   st->splitter = std::move(cfg.splitter);
   st->split = std::move(cfg.split);
   pool p;
-  p.load.assign(cfg.mappers.size(), 0);
   p.members = std::move(cfg.mappers);
+  p.init();
   st->roles.emplace(map_role, std::move(p));
   st->role_names.push_back(map_role);
   st->synthesizer = std::move(cfg.reducer);
