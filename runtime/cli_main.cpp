@@ -1,6 +1,7 @@
 // The troupe command line: runs swarms from JSON files.
 //
-//   troupe run SWARM.json --goal "..."   run a swarm, show progress, print the answer
+//   troupe run SWARM.json --goal "..."   run a swarm, show progress, print the answer,
+//                                        then a timeline of who ran when
 //   troupe validate SWARM.json           check a swarm file and its scripts
 //   troupe tools                         list the builtin tools and their schemas
 //
@@ -21,6 +22,7 @@
 #include "runtime/clock.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/swarm.hpp"
+#include "runtime/timeline.hpp"
 
 namespace {
 
@@ -89,12 +91,57 @@ private:
     if (type == "event" && name == "tool.rejected")
       return "  rejected " + attrs.value("gen_ai.tool.name", "?") + ": "
              + shorten(attrs.value("troupe.observation", ""));
+    if (type == "event" && name.rfind("team.", 0) == 0)
+      return describe_team_event(name, attrs);
     if (type == "event" && name == "agent.malformed_reply")
       return "  malformed reply: "
              + shorten(attrs.value("troupe.observation", ""));
     if (type == "span" && name.rfind("invoke_agent ", 0) == 0)
       return agent + " | " + attrs.value("troupe.run.status", "?") + " after "
              + std::to_string(attrs.value("troupe.run.steps", 0)) + " step(s)";
+    return {};
+  }
+
+  /// Team decisions worth a line: the plan, retries, failures, rounds.
+  static std::string describe_team_event(const std::string& name,
+                                         const json& attrs) {
+    auto id = attrs.value("troupe.subtask.id", "?");
+    if (name == "team.plan") {
+      std::string ids;
+      const auto& plan = attrs.contains("troupe.plan") ? attrs["troupe.plan"]
+                                                       : json::array();
+      for (const auto& s : plan)
+        if (s.is_object()) {
+          ids += (ids.empty() ? "" : ", ") + s.value("id", "?");
+          if (s.contains("depends_on") && s["depends_on"].is_array()
+              && !s["depends_on"].empty())
+            ids += " (after " + shorten(s["depends_on"].dump(), 40) + ")";
+        }
+      return "  plan: " + std::to_string(plan.size()) + " subtask(s): "
+             + shorten(ids, 200);
+    }
+    if (name == "team.plan.rejected")
+      return "  plan rejected: " + shorten(attrs.value("troupe.plan.error", ""));
+    if (name == "team.subtask.retry")
+      return "  subtask " + id + " failed on "
+             + attrs.value("troupe.subtask.member", "?") + ", retrying: "
+             + shorten(attrs.value("troupe.subtask.error", ""));
+    if (name == "team.subtask.failed" || name == "team.subtask.skipped")
+      return "  subtask " + id + " "
+             + (name == "team.subtask.failed" ? "failed: " : "")
+             + shorten(attrs.value("troupe.subtask.error", ""));
+    if (name == "team.debate.round") {
+      auto round = attrs.value("troupe.debate.round", 0);
+      return (round == 0 ? std::string{"  debate: opening answers"}
+                         : "  debate: rebuttal round " + std::to_string(round))
+             + " done, " + std::to_string(attrs.value("troupe.debate.answers", 0))
+             + " answer(s)";
+    }
+    if (name == "team.evaluation")
+      return std::string{"  evaluation round "}
+             + std::to_string(attrs.value("troupe.eval.round", 0)) + ": "
+             + (attrs.value("troupe.eval.pass", false) ? "pass" : "fail") + " "
+             + shorten(attrs.value("troupe.eval.feedback", ""), 80);
     return {};
   }
 
@@ -116,8 +163,11 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
   cfg.trace_path = trace_path;
   cfg.load_middleman = false;
   auto view = std::make_shared<progress_view>(troupe::now_ns());
-  if (!quiet)
+  troupe::timeline chart;
+  if (!quiet) {
     cfg.trace_listeners.push_back([view](const json& rec) { (*view)(rec); });
+    cfg.trace_listeners.push_back(chart.listener());
+  }
   std::unique_ptr<troupe::runtime> rt;
   try {
     rt = std::make_unique<troupe::runtime>(cfg);
@@ -132,14 +182,21 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
     std::cerr << "error: " << ex.what() << "\n";
     return exit_bad_input;
   }
-  if (!quiet)
-    std::cerr << "troupe: running swarm '" << def.name << "' (entry agent '"
-              << def.entry << "')\n";
+  if (!quiet) {
+    std::string entry = "agent '" + def.entry + "'";
+    for (const auto& t : def.teams)
+      if (t.name == def.entry)
+        entry = t.pattern + " team '" + def.entry + "'";
+    std::cerr << "troupe: running swarm '" << def.name << "' (entry: " << entry
+              << ")\n";
+  }
   troupe::run_options opts;
   opts.timeout = std::chrono::seconds{timeout_s};
   opts.max_steps = max_steps;
   auto result = rt->run(swarm.entry, goal, opts);
   rt->shutdown();
+  if (!quiet)
+    std::cerr << "\n" << chart.render() << "\n";
   if (as_json) {
     std::cout << troupe::safe_dump(json(result), 2) << "\n";
   } else if (!result.answer.empty()) {
@@ -165,8 +222,15 @@ int cmd_validate(const std::string& swarm_path) {
   try {
     auto def = troupe::load_swarm(swarm_path);
     std::cout << swarm_path << ": ok, swarm '" << def.name << "' with "
-              << def.agents.size() << " agent(s), entry '" << def.entry
-              << "'\n";
+              << def.agents.size() << " agent(s)";
+    if (!def.teams.empty()) {
+      std::cout << " and " << def.teams.size() << " team(s) (";
+      for (size_t i = 0; i < def.teams.size(); ++i)
+        std::cout << (i ? ", " : "") << def.teams[i].name << ": "
+                  << def.teams[i].pattern;
+      std::cout << ")";
+    }
+    std::cout << ", entry '" << def.entry << "'\n";
     return 0;
   } catch (const troupe::swarm_error& ex) {
     std::cerr << "error: " << ex.what() << "\n";
