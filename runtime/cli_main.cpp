@@ -195,13 +195,14 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
   opts.max_steps = max_steps;
   auto result = rt->run(swarm.entry, goal, opts);
   rt->shutdown();
-  if (!quiet)
-    std::cerr << "\n" << chart.render() << "\n";
   if (as_json) {
     std::cout << troupe::safe_dump(json(result), 2) << "\n";
   } else if (!result.answer.empty()) {
     std::cout << result.answer << "\n";
   }
+  std::cout.flush();
+  if (!quiet)
+    std::cerr << "\n" << chart.render();
   if (!quiet)
     std::cerr << "troupe: run " << result.run_id << " "
               << troupe::to_string(result.status) << " in "
