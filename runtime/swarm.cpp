@@ -245,6 +245,14 @@ team_definition parse_team(const json& doc, const std::string& pointer,
       } else {
         t.workers[item.key()] = w.names(item.key(), true);
       }
+      // The team's coordinator needs every worker under one role only.
+      const auto& mine = t.workers.at(item.key());
+      for (const auto& [role, names] : t.workers)
+        for (const auto& n : mine)
+          if (role != item.key()
+              && std::find(names.begin(), names.end(), n) != names.end())
+            w.fail(w.at(item.key()), "'" + n + "' is already a worker of role '"
+                                       + role + "'");
     }
     std::vector<std::string> roles;
     for (auto& [role, _] : t.workers)
@@ -254,7 +262,15 @@ team_definition parse_team(const json& doc, const std::string& pointer,
         t.plan = parse_plan(r.get("plan"));
         check_plan(t.plan, roles, static_cast<size_t>(t.max_subtasks));
       } catch (const std::invalid_argument& ex) {
-        r.fail(r.at("plan"), ex.what());
+        // parse_plan names the field as "plan/subtasks/0/role: ...": make it
+        // one JSON pointer with the team's.
+        std::string what = ex.what();
+        auto sep = what.find(": ");
+        if (what.rfind("plan/", 0) == 0 && sep != std::string::npos)
+          r.fail(r.at("plan") + what.substr(4, sep - 4), what.substr(sep + 2));
+        if (what.rfind("plan: ", 0) == 0)
+          what = what.substr(6);
+        r.fail(r.at("plan"), what);
       }
     }
     if (t.planner.empty() && t.plan.subtasks.empty())
@@ -269,6 +285,8 @@ team_definition parse_team(const json& doc, const std::string& pointer,
       r.fail(pointer, "debate team '" + t.name + "' has no judge: missing "
                       "required field 'judge'");
     t.judge = r.str("judge", true);
+    if (t.judge.empty())
+      r.fail(r.at("judge"), "must not be empty");
     t.rounds = static_cast<int32_t>(r.integer("rounds", 0, 0, 100));
   } else if (pat == "map_reduce") {
     r.only({"name", "pattern", "description", "mappers", "reducer", "splitter",
@@ -283,7 +301,11 @@ team_definition parse_team(const json& doc, const std::string& pointer,
     r.only({"name", "pattern", "description", "generator", "evaluator",
             "max_rounds"});
     t.generator = r.str("generator", true);
+    if (t.generator.empty())
+      r.fail(r.at("generator"), "must not be empty");
     t.evaluator = r.str("evaluator", true);
+    if (t.evaluator.empty())
+      r.fail(r.at("evaluator"), "must not be empty");
     t.max_rounds = static_cast<int32_t>(r.integer("max_rounds", 3, 1, 100));
   }
   return t;
