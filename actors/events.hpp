@@ -46,6 +46,23 @@ private:
   event_mask any_ = 0;
 };
 
+/// The handler of ev_subscribe_atom for a runnable whose state keeps its
+/// event_hub as `events`; with unsubscribe_handler, what every agent and
+/// team puts in its behavior.
+template <class Self>
+auto subscribe_handler(Self self) {
+  return [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
+    self->state.events.subscribe(std::move(sink), mask);
+  };
+}
+
+template <class Self>
+auto unsubscribe_handler(Self self) {
+  return [self](ev_unsubscribe_atom, caf::actor& sink) {
+    self->state.events.unsubscribe(sink);
+  };
+}
+
 /// An event built from a run's identity and a finished result (kind
 /// task_completed or task_failed from its status).
 agent_event finished_event(const std::string& source, const run_result& r,

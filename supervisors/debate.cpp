@@ -201,12 +201,8 @@ runnable_actor::behavior_type debate(debate_ptr self,
       start_round(self, d);
       return rp;
     },
-    [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
-      self->state.events.subscribe(std::move(sink), mask);
-    },
-    [self](ev_unsubscribe_atom, caf::actor& sink) {
-      self->state.events.unsubscribe(sink);
-    },
+    subscribe_handler(self),
+    unsubscribe_handler(self),
   };
 }
 

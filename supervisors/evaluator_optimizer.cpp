@@ -182,12 +182,8 @@ runnable_actor::behavior_type evaluator_optimizer(evo_ptr self,
       generate(self, e);
       return rp;
     },
-    [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
-      self->state.events.subscribe(std::move(sink), mask);
-    },
-    [self](ev_unsubscribe_atom, caf::actor& sink) {
-      self->state.events.unsubscribe(sink);
-    },
+    subscribe_handler(self),
+    unsubscribe_handler(self),
   };
 }
 

@@ -592,12 +592,8 @@ runnable_actor::behavior_type coordinator(coord_ptr self,
       start(self, std::move(run));
       return rp;
     },
-    [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
-      self->state.events.subscribe(std::move(sink), mask);
-    },
-    [self](ev_unsubscribe_atom, caf::actor& sink) {
-      self->state.events.unsubscribe(sink);
-    },
+    subscribe_handler(self),
+    unsubscribe_handler(self),
   };
 }
 

@@ -73,12 +73,8 @@ runnable_actor::behavior_type pipeline(pipeline_ptr self, std::string team,
       run_stage(self, run, 0, run->task.goal);
       return rp;
     },
-    [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
-      self->state.events.subscribe(std::move(sink), mask);
-    },
-    [self](ev_unsubscribe_atom, caf::actor& sink) {
-      self->state.events.unsubscribe(sink);
-    },
+    subscribe_handler(self),
+    unsubscribe_handler(self),
   };
 }
 

@@ -162,12 +162,8 @@ runnable_actor::behavior_type front(front_ptr self, std::string agent,
       attempt(self, std::move(task), rp, 1);
       return rp;
     },
-    [self](ev_subscribe_atom, caf::actor& sink, event_mask mask) {
-      self->state.events.subscribe(std::move(sink), mask);
-    },
-    [self](ev_unsubscribe_atom, caf::actor& sink) {
-      self->state.events.unsubscribe(sink);
-    },
+    subscribe_handler(self),
+    unsubscribe_handler(self),
   };
 }
 
