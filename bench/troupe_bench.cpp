@@ -188,6 +188,19 @@ struct react_figures {
   int failed;
 };
 
+/// The trivial tool the workloads' models call.
+troupe::tool_definition noop_tool(bool blocking) {
+  troupe::tool_definition noop;
+  noop.name = "noop";
+  noop.description = "Does nothing";
+  noop.parameters = json{{"type", "object"}, {"additionalProperties", false}};
+  noop.fn = [](const json&, const troupe::tool_context&) {
+    return json::object();
+  };
+  noop.blocking = blocking;
+  return noop;
+}
+
 react_figures react_loop(int runs, const std::string& trace_path,
                          bool blocking_tool) {
   troupe::runtime_config cfg;
@@ -196,15 +209,7 @@ react_figures react_loop(int runs, const std::string& trace_path,
   if (const char* policy = std::getenv("TROUPE_SCHEDULER"))
     cfg.scheduler_policy = policy;
   troupe::runtime rt{cfg};
-  troupe::tool_definition noop;
-  noop.name = "noop";
-  noop.description = "Does nothing";
-  noop.parameters = json{{"type", "object"}, {"additionalProperties", false}};
-  noop.fn = [](const json&, const troupe::tool_context&) {
-    return json::object();
-  };
-  noop.blocking = blocking_tool;
-  rt.tools().add(noop);
+  rt.tools().add(noop_tool(blocking_tool));
   auto script = troupe::model_script::parse(
     json::parse(R"({"rules": [
       {"step": {"max": 9},
@@ -288,15 +293,7 @@ bool w2_fan_out(int64_t n, int64_t latency_ms) {
   auto cfg = child_runtime_config();
   troupe::runtime rt{cfg};
   auto scheduler = scheduler_of(rt, cfg);
-  troupe::tool_definition noop;
-  noop.name = "noop";
-  noop.description = "Does nothing";
-  noop.parameters = json{{"type", "object"}, {"additionalProperties", false}};
-  noop.fn = [](const json&, const troupe::tool_context&) {
-    return json::object();
-  };
-  noop.blocking = false;
-  rt.tools().add(noop);
+  rt.tools().add(noop_tool(false));
   // The reducer answers at once, so the latency floor is 3 x latency.
   auto script = troupe::model_script::parse(
     json{{"rules",
