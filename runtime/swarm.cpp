@@ -73,6 +73,14 @@ public:
     return v.get<std::string>();
   }
 
+  /// A required, non-empty string: the name of something.
+  std::string name(const std::string& key) const {
+    auto out = str(key, true);
+    if (out.empty())
+      fail(at(key), "must not be empty");
+    return out;
+  }
+
   int64_t integer(const std::string& key, int64_t fallback, int64_t min,
                   int64_t max) const {
     if (!obj_.contains(key))
@@ -154,9 +162,7 @@ agent_spec parse_agent(const json& doc,
   r.only({"name", "system_prompt", "model", "tools", "max_steps",
           "max_parallel_tools", "model_timeout_ms", "model_params"});
   agent_spec spec;
-  spec.name = r.str("name", true);
-  if (spec.name.empty())
-    r.fail(r.at("name"), "must not be empty");
+  spec.name = r.name("name");
   spec.system_prompt = r.str("system_prompt", false);
   spec.model = resolve_model(r.str("model", false, default_model), base_dir);
   if (spec.model.empty())
@@ -206,9 +212,7 @@ team_definition parse_team(const json& doc, const std::string& pointer,
                            const std::string& origin) {
   object_reader r{origin, pointer, doc};
   team_definition t;
-  t.name = r.str("name", true);
-  if (t.name.empty())
-    r.fail(r.at("name"), "must not be empty");
+  t.name = r.name("name");
   t.pattern = r.str("pattern", true);
   auto known = std::find_if(std::begin(team_patterns), std::end(team_patterns),
                             [&](const char* p) { return t.pattern == p; });
@@ -284,9 +288,7 @@ team_definition parse_team(const json& doc, const std::string& pointer,
     if (!r.has("judge"))
       r.fail(pointer, "debate team '" + t.name + "' has no judge: missing "
                       "required field 'judge'");
-    t.judge = r.str("judge", true);
-    if (t.judge.empty())
-      r.fail(r.at("judge"), "must not be empty");
+    t.judge = r.name("judge");
     t.rounds = static_cast<int32_t>(r.integer("rounds", 0, 0, 100));
   } else if (pat == "map_reduce") {
     r.only({"name", "pattern", "description", "mappers", "reducer", "splitter",
@@ -300,12 +302,8 @@ team_definition parse_team(const json& doc, const std::string& pointer,
   } else {
     r.only({"name", "pattern", "description", "generator", "evaluator",
             "max_rounds"});
-    t.generator = r.str("generator", true);
-    if (t.generator.empty())
-      r.fail(r.at("generator"), "must not be empty");
-    t.evaluator = r.str("evaluator", true);
-    if (t.evaluator.empty())
-      r.fail(r.at("evaluator"), "must not be empty");
+    t.generator = r.name("generator");
+    t.evaluator = r.name("evaluator");
     t.max_rounds = static_cast<int32_t>(r.integer("max_rounds", 3, 1, 100));
   }
   return t;
