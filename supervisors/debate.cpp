@@ -32,6 +32,9 @@ struct debate_run {
   std::vector<std::vector<std::string>> answers;
   /// Why a debater dropped out; empty while it takes part.
   std::vector<std::string> errors;
+  /// Rebuttals that failed ({"debater", "round", "error"}): the debater
+  /// keeps its earlier answer, and the result says so.
+  json missed_rebuttals = json::array();
   int32_t round = 0;
   size_t pending = 0;
 };
@@ -70,7 +73,8 @@ void judge(debate_ptr self, debate_run_ptr d) {
   run.result.detail = json{{"pattern", "debate"},
                            {"rounds", d->round},
                            {"answers", history},
-                           {"failed", failed}};
+                           {"failed", failed},
+                           {"missed_rebuttals", d->missed_rebuttals}};
   if (answers.empty()) {
     std::string why = "every debater failed:";
     for (const auto& f : failed)
@@ -86,6 +90,15 @@ void judge(debate_ptr self, debate_run_ptr d) {
     for (const auto& f : failed)
       partial += " " + f["debater"].get<std::string>() + " ("
                  + f["error"].get<std::string>() + ")";
+  }
+  if (!d->missed_rebuttals.empty()) {
+    partial += std::string{partial.empty() ? "partial failure:" : ";"} + " "
+               + std::to_string(d->missed_rebuttals.size())
+               + " rebuttal(s) failed, the earlier answer kept:";
+    for (const auto& m : d->missed_rebuttals)
+      partial += " " + m["debater"].get<std::string>() + " in round "
+                 + std::to_string(m["round"].get<int32_t>()) + " ("
+                 + m["error"].get<std::string>() + ")";
   }
   auto goal = run.task.goal + "\n\nThe debaters answered:" + listing
               + "\n\nDecide which answer is best, and explain why.";
@@ -135,8 +148,12 @@ void start_round(debate_ptr self, debate_run_ptr d) {
   auto& st = self->state;
   auto& run = *d->run;
   // Rebuttals see the answers of the round before, not each other's new ones.
+  // Who takes part: everyone in the opening round, afterwards those with an
+  // answer (a debater whose opening failed has dropped out).
+  std::vector<bool> asked(st.debaters.size(), false);
   std::vector<std::string> goals(st.debaters.size());
   for (size_t k = 0; k < st.debaters.size(); ++k) {
+    asked[k] = d->round == 0 || !d->answers[k].empty();
     if (d->round == 0) {
       goals[k] = run.task.goal;
     } else if (!d->answers[k].empty()) {
@@ -147,7 +164,7 @@ void start_round(debate_ptr self, debate_run_ptr d) {
     }
   }
   for (size_t k = 0; k < st.debaters.size(); ++k) {
-    if (goals[k].empty())
+    if (!asked[k])
       continue; // dropped out earlier
     ++d->pending;
     auto task = member_task(run, std::move(goals[k]),
@@ -157,11 +174,15 @@ void start_round(debate_ptr self, debate_run_ptr d) {
     auto on_error = [self, d, k](std::string why) {
       auto& st = self->state;
       // A debater that fails a rebuttal keeps its earlier answer.
-      if (d->answers[k].empty())
+      if (d->answers[k].empty()) {
         d->errors[k] = std::move(why);
-      else
-        spdlog::warn("team {}: debater {} failed rebuttal round {}: {}",
-                     st.team, st.debaters[k].name, d->round, why);
+        return;
+      }
+      spdlog::warn("team {}: debater {} failed rebuttal round {}: {}",
+                   st.team, st.debaters[k].name, d->round, why);
+      d->missed_rebuttals.push_back(json{{"debater", st.debaters[k].name},
+                                         {"round", d->round},
+                                         {"error", std::move(why)}});
     };
     self->request(st.debaters[k].runner, member_timeout(run.task), std::move(task))
       .then(

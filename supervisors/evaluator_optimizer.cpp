@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
 #include <stdexcept>
 
 #include <caf/actor_system.hpp>
@@ -59,7 +60,31 @@ bool starts_with_word(const std::string& text, const char* word) {
   return text.size() == n || !std::isalnum(static_cast<unsigned char>(text[n]));
 }
 
+/// The text after a leading verdict word (PASS, PASSED, FAIL, FAILED), with
+/// markdown emphasis and a "Verdict:" label allowed before it.
+std::optional<verdict> leading_word(std::string text) {
+  while (!text.empty() && (text[0] == '*' || text[0] == '_' || text[0] == '#'))
+    text = trim(text.substr(1));
+  if (starts_with_word(text, "VERDICT"))
+    text = trim(text.substr(7));
+  while (!text.empty() && (text[0] == '*' || text[0] == '_'))
+    text = trim(text.substr(1));
+  for (auto [word, pass] : {std::pair{"PASSED", true}, std::pair{"PASS", true},
+                            std::pair{"FAILED", false}, std::pair{"FAIL", false}}) {
+    if (!starts_with_word(text, word))
+      continue;
+    auto rest = text.substr(std::char_traits<char>::length(word));
+    while (!rest.empty() && (rest[0] == '*' || rest[0] == '_'))
+      rest = rest.substr(1);
+    return verdict{pass, trim(rest)};
+  }
+  return std::nullopt;
+}
+
 verdict read_verdict(const std::string& answer) {
+  // A leading verdict word wins over JSON quoted later in the text.
+  if (auto v = leading_word(trim(answer)))
+    return *v;
   auto doc = extract_json(answer);
   if (doc.is_object() && doc.contains("pass") && doc["pass"].is_boolean()) {
     verdict v;
@@ -68,11 +93,6 @@ verdict read_verdict(const std::string& answer) {
       v.feedback = doc["feedback"].get<std::string>();
     return v;
   }
-  auto text = trim(answer);
-  if (starts_with_word(text, "PASS"))
-    return {true, trim(text.substr(4))};
-  if (starts_with_word(text, "FAIL"))
-    return {false, trim(text.substr(4))};
   return {false, "the evaluator's verdict was unreadable (expected {\"pass\": "
                  "true|false, \"feedback\": \"...\"} or text beginning with "
                  "PASS or FAIL): "

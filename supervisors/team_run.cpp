@@ -1,6 +1,7 @@
 #include "supervisors/team_run.hpp"
 
 #include <algorithm>
+#include <array>
 
 #include <spdlog/spdlog.h>
 
@@ -152,7 +153,12 @@ json extract_json(const std::string& text) {
       if (auto j = parse_or_null(text.substr(start, end - start)); !j.is_null())
         return j;
   }
-  for (auto [open, close] : {std::pair{'{', '}'}, std::pair{'[', ']'}}) {
+  // An object or an array, whichever opens first: "Items: [{...}]" is the
+  // array, not the object inside it.
+  auto brackets = std::array{std::pair{'{', '}'}, std::pair{'[', ']'}};
+  if (text.find('[') < text.find('{'))
+    std::swap(brackets[0], brackets[1]);
+  for (auto [open, close] : brackets) {
     auto first = text.find(open);
     auto last = text.rfind(close);
     if (first != std::string::npos && last != std::string::npos && last > first)

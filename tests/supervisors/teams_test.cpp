@@ -22,6 +22,7 @@
 #include "runtime/clock.hpp"
 #include "runtime/runtime.hpp"
 #include "supervisors/pipeline.hpp"
+#include "supervisors/team_run.hpp"
 #include "support/runtime_fixture.hpp"
 #include "support/test_models.hpp"
 
@@ -1206,6 +1207,36 @@ TEST_CASE_METHOD(fixture,
 }
 
 TEST_CASE_METHOD(fixture,
+                 "evaluator_optimizer: a leading verdict word wins, in the "
+                 "usual wordings, over JSON quoted later",
+                 "[teams][evaluator_optimizer]") {
+  std::string fail_text, pass_text;
+  SECTION("FAIL quoting a passing JSON, then PASSED") {
+    fail_text = R"(FAIL: it should return {"pass": true} for valid input)";
+    pass_text = "PASSED - good";
+  }
+  SECTION("bold and labelled verdicts") {
+    fail_text = "**FAIL** cite a source";
+    pass_text = "Verdict: PASS";
+  }
+  model(evaluating_model({fail_text, pass_text}));
+  auto team = rt.adopt(spawn_evaluator_optimizer(rt.system(), evo_config(*this, 3)));
+  auto r = run(team, "explain tides");
+  REQUIRE(r.status == run_status::complete);
+  CHECK(r.answer == "draft 2");
+  CHECK(r.detail.value["history"][0]["pass"] == false);
+  CHECK(r.detail.value["history"][1]["pass"] == true);
+  CHECK(calls->from("gen").size() == 2);
+}
+
+TEST_CASE("extract_json takes whichever of an object or an array opens first",
+          "[teams]") {
+  CHECK(extract_json(R"(Items: [{"q": 1}, {"q": 2}])") == json::parse(R"([{"q": 1}, {"q": 2}])"));
+  CHECK(extract_json(R"(Plan: {"subtasks": [1]} done)") == json::parse(R"({"subtasks": [1]})"));
+  CHECK(extract_json("no json here").is_null());
+}
+
+TEST_CASE_METHOD(fixture,
                  "evaluator_optimizer: an unreadable verdict counts as a fail "
                  "saying so",
                  "[teams][evaluator_optimizer]") {
@@ -1406,6 +1437,28 @@ TEST_CASE_METHOD(fixture,
   CHECK_THAT(goal_of(judge[0].req), Catch::Contains("[d2] d2-second"));
   CHECK(r.detail.value["answers"]["d1"] == json::array({"d1-first"}));
   CHECK(r.detail.value["failed"].empty());
+  // The kept answer is not passed off as a rebuttal: the result names it.
+  REQUIRE(r.detail.value["missed_rebuttals"].size() == 1);
+  CHECK(r.detail.value["missed_rebuttals"][0]["debater"] == "d1");
+  CHECK(r.detail.value["missed_rebuttals"][0]["round"] == 1);
+  CHECK_THAT(r.error, Catch::Contains("1 rebuttal(s) failed")
+                        && Catch::Contains("d1 in round 1")
+                        && Catch::Contains("tired"));
+}
+
+TEST_CASE_METHOD(fixture, "debate: an empty goal still asks every debater",
+                 "[teams][debate]") {
+  model([](const chat_request& req) { return reply(req.agent + " answers"); });
+  debate_config cfg;
+  cfg.name = "deb";
+  cfg.debaters = {member("d1"), member("d2")};
+  cfg.judge = agent("judge");
+  auto team = rt.adopt(spawn_debate(rt.system(), std::move(cfg)));
+  auto r = run(team, "");
+  REQUIRE(r.status == run_status::complete);
+  CHECK(calls->from("d1").size() == 1);
+  CHECK(calls->from("d2").size() == 1);
+  CHECK(r.answer == "judge answers");
 }
 
 TEST_CASE_METHOD(fixture,
