@@ -31,16 +31,18 @@ void run_stage(pipeline_ptr self, run_ptr run, size_t index, std::string input) 
     return;
   }
   const auto& stage = st.stages[index];
+  // The work done so far, should this stage end without an answer of its own.
+  auto done_so_far = index > 0 ? input : std::string{};
   auto task = member_task(*run, std::move(input),
                           json{{"pipeline_goal", run->task.goal},
                                {"pipeline_stage", stage.name}});
   auto name = stage.name;
   self->request(stage.runner, member_timeout(run->task), std::move(task))
     .then(
-      [self, run, index, name](run_result& r) {
+      [self, run, index, name, done_so_far](run_result& r) {
         absorb(run->result, r);
         if (r.status != run_status::complete) {
-          run->result.answer = r.answer;
+          run->result.answer = r.answer.empty() ? done_so_far : r.answer;
           close_team_run(self->state, *run, r.status,
                          "stage " + std::to_string(index + 1) + " ('" + name
                            + "') ended " + to_string(r.status) + ": " + r.error);
@@ -48,7 +50,8 @@ void run_stage(pipeline_ptr self, run_ptr run, size_t index, std::string input) 
         }
         run_stage(self, run, index + 1, std::move(r.answer));
       },
-      [self, run, index, name](caf::error& err) {
+      [self, run, index, name, done_so_far](caf::error& err) {
+        run->result.answer = done_so_far;
         close_team_run(self->state, *run, run_status::failed,
                        "stage " + std::to_string(index + 1) + " ('" + name
                          + "') gave no result: " + error_text(err));

@@ -81,6 +81,8 @@ TEST_CASE_METHOD(fixture, "a failing stage ends the pipeline, naming the stage",
   CHECK_THAT(r.error, Catch::Contains("stage 2 ('b') ended failed"));
   CHECK(r.steps.size() == 2); // a's step and b's failed step
   CHECK(requests_from("c") == 0);
+  // b answered nothing: the answer is the work done so far, a's.
+  CHECK(r.answer == "a(x)");
 }
 
 TEST_CASE_METHOD(fixture, "pipelines nest, and a crashed stage is retried",
