@@ -561,9 +561,11 @@ void start(coord_ptr self, std::shared_ptr<team_run> run) {
     std::vector<std::string> items;
     try {
       items = st.split ? st.split(run->task) : default_split(run->task);
-    } catch (const std::exception& e) {
+    } catch (...) {
+      // A user's split function may throw anything; only this run fails.
       close_team_run(st, *run, run_status::failed,
-                     std::string{"splitting the input failed: "} + e.what());
+                     "splitting the input failed: "
+                       + exception_text(std::current_exception()));
       return;
     }
     start_map(self, std::move(run), std::move(items));

@@ -1112,6 +1112,34 @@ TEST_CASE_METHOD(fixture, "map_reduce: an empty or too large input fails",
   CHECK(calls->snapshot().empty());
 }
 
+TEST_CASE_METHOD(fixture,
+                 "map_reduce: a split function that throws fails that run "
+                 "only, whatever it throws",
+                 "[teams][map_reduce]") {
+  model([](const chat_request& req) { return did(req); });
+  map_reduce_config cfg;
+  cfg.name = "mr";
+  cfg.mappers = {member("m1")};
+  cfg.split = [](const run_task& task) -> std::vector<std::string> {
+    if (task.goal == "bad")
+      throw std::runtime_error("no items in 'bad'");
+    if (task.goal == "odd")
+      throw 42;
+    return {task.goal};
+  };
+  auto team = rt.adopt(spawn_map_reduce(rt.system(), std::move(cfg)));
+  auto bad = run(team, "bad");
+  CHECK(bad.status == run_status::failed);
+  CHECK_THAT(bad.error, Catch::Contains("splitting the input failed: no items in 'bad'"));
+  auto odd = run(team, "odd");
+  CHECK(odd.status == run_status::failed);
+  CHECK_THAT(odd.error, Catch::Contains("splitting the input failed: unknown exception"));
+  // The team is still there for the next run.
+  auto good = run(team, "fine");
+  CHECK(good.status == run_status::complete);
+  CHECK(calls->from("m1").size() == 1);
+}
+
 // -- evaluator_optimizer ---------------------------------------------------------
 
 namespace {
