@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include <caf/abstract_actor.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/send.hpp>
@@ -39,9 +40,29 @@ bool event_hub::wants(event_kind kind) const noexcept {
   return (any_ & mask_of(kind)) != 0;
 }
 
-void event_hub::publish(const agent_event& ev) const {
+namespace {
+
+bool has_terminated(const caf::actor& sink) {
+  auto* ptr = caf::actor_cast<caf::abstract_actor*>(sink);
+  return ptr != nullptr && ptr->getf(caf::abstract_actor::is_terminated_flag);
+}
+
+} // namespace
+
+void event_hub::publish(const agent_event& ev) {
   if (!wants(ev.kind))
     return;
+  // Subscribers that stopped without unsubscribing are dropped here, so a
+  // long-lived agent does not keep every observer it ever had.
+  auto dead = std::remove_if(subs_.begin(), subs_.end(), [](const auto& s) {
+    return has_terminated(s.first);
+  });
+  if (dead != subs_.end()) {
+    subs_.erase(dead, subs_.end());
+    any_ = 0;
+    for (const auto& s : subs_)
+      any_ |= s.second;
+  }
   for (const auto& [sink, mask] : subs_)
     if ((mask & mask_of(ev.kind)) != 0)
       caf::anon_send(caf::actor_cast<event_sink>(sink), ev);

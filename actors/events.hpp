@@ -34,8 +34,9 @@ public:
   /// Whether anyone wants this kind (so the caller can skip building events).
   bool wants(event_kind kind) const noexcept;
 
-  /// Sends the event to every subscriber whose mask holds its kind.
-  void publish(const agent_event& ev) const;
+  /// Sends the event to every subscriber whose mask holds its kind, and
+  /// forgets subscribers that have stopped.
+  void publish(const agent_event& ev);
 
   size_t size() const noexcept {
     return subs_.size();

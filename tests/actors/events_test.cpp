@@ -6,6 +6,7 @@
 #include <future>
 #include <mutex>
 
+#include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
 #include "runtime/builtin_tools.hpp"
@@ -522,4 +523,42 @@ TEST_CASE_METHOD(fixture,
   CHECK(ev.kind == event_kind::task_failed);
   CHECK(ev.status == run_status::halted);
   CHECK(ev.error == "deadline");
+}
+
+TEST_CASE_METHOD(fixture,
+                 "an event hub forgets subscribers that stopped without "
+                 "unsubscribing",
+                 "[events]") {
+  auto live = std::make_shared<collector>();
+  auto gone = std::make_shared<collector>();
+  // Observers subscribed to no source: this test hands them to a hub itself.
+  auto noop_source = runnable_actor{};
+  auto live_sink = rt.adopt(spawn_event_observer(
+    rt.system(), noop_source, all_events, [live](const agent_event& ev) { live->push(ev); }));
+  auto gone_sink = spawn_event_observer(
+    rt.system(), noop_source, all_events, [gone](const agent_event& ev) { gone->push(ev); });
+  event_hub hub;
+  hub.subscribe(caf::actor_cast<caf::actor>(live_sink), all_events);
+  hub.subscribe(caf::actor_cast<caf::actor>(gone_sink), all_events);
+  REQUIRE(hub.size() == 2);
+  // Stop one observer and wait for it to be gone (a down message, no sleep).
+  {
+    caf::scoped_actor self{rt.system()};
+    self->monitor(gone_sink);
+    self->send_exit(gone_sink, caf::exit_reason::user_shutdown);
+    bool down = false;
+    self->receive([&](caf::down_msg&) { down = true; },
+                  caf::after(10s) >> [] {});
+    REQUIRE(down);
+  }
+  agent_event ev;
+  ev.source = "someone";
+  ev.kind = event_kind::task_completed;
+  ev.run_id = "run-1";
+  hub.publish(ev);
+  CHECK(hub.size() == 1);
+  CHECK(hub.wants(event_kind::task_completed));
+  REQUIRE(live->wait_for(1).size() == 1);
+  CHECK(live->events[0].run_id == "run-1");
+  CHECK(gone->events.empty());
 }
