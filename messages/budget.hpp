@@ -1,19 +1,28 @@
 #pragma once
 
-// The budget protocol (its actor arrives with the guardrails):
-//   agent -> budget: budget_reserve -> budget_grant | budget_denied
-//                    budget_charge (settles a reservation with real usage)
-//                    budget_release (gives an unused reservation back)
-// Budgets nest (run < team < global); a charge counts against every ancestor.
+// The budget protocol: agent -> budget actor (actors/budget.hpp).
+//   budget_reserve -> budget_verdict   sets an estimate aside before a model call
+//   budget_charge                      settles a reservation with real usage
+//   budget_release                     gives an unused reservation back
+//   budget_close                       ends a run's account
+//   budget_query -> budget_snapshot    what an account has used
+// Budgets nest: a run's account sits inside its team's, inside the global one.
+// A reservation names the whole path (outermost first, the global root
+// implied), the budget actor creates missing accounts on the way, and a charge
+// counts against every ancestor. Money travels as integer nano-dollars, so
+// totals add up exactly.
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include <caf/atom.hpp>
 
 #include "messages/common.hpp"
 
 namespace troupe {
 
-/// Hard limits of a run; 0 means unlimited.
+/// Hard limits of a run, a team or the whole runtime; 0 means unlimited.
 struct budget_limits {
   int64_t max_steps = 0;
   int64_t max_input_tokens = 0;
@@ -25,51 +34,96 @@ struct budget_limits {
 TROUPE_MESSAGE(budget_limits, max_steps, max_input_tokens, max_output_tokens,
                max_cost_usd, deadline_ms)
 
-/// Asks to set aside an estimate before a model call.
+/// One level of a budget path: an account and its limits.
+struct budget_scope {
+  std::string account;
+  budget_limits limits;
+};
+TROUPE_MESSAGE(budget_scope, account, limits)
+
+/// What a call or a run uses (or may use).
+struct budget_amount {
+  int64_t steps = 0;
+  token_usage tokens;
+  /// Nano-dollars (1e-9 USD).
+  int64_t cost_nusd = 0;
+};
+TROUPE_MESSAGE(budget_amount, steps, tokens, cost_nusd)
+
+/// Asks to set aside an estimate before a model call. `path` runs from the
+/// outermost account below the global root to the run's own account.
 struct budget_reserve {
   run_ref ref;
+  std::vector<budget_scope> path;
   std::string reservation_id;
   std::string model;
-  int64_t steps = 0;
-  token_usage estimate;
-  double cost_usd = 0;
+  budget_amount estimate;
 };
-TROUPE_MESSAGE(budget_reserve, ref, reservation_id, model, steps, estimate,
-               cost_usd)
+TROUPE_MESSAGE(budget_reserve, ref, path, reservation_id, model, estimate)
+
+/// The answer to a reservation.
+struct budget_verdict {
+  std::string reservation_id;
+  bool granted = false;
+  /// Why not: the account, the exhausted limit and the figures.
+  std::string reason;
+  /// Warnings newly raised by this reservation: an account crossed its
+  /// warning share of a limit (each account warns once per limit).
+  std::vector<std::string> warnings;
+};
+TROUPE_MESSAGE(budget_verdict, reservation_id, granted, reason, warnings)
 
 /// Settles a reservation with what the call really used.
 struct budget_charge {
-  run_ref ref;
+  std::string account;
   std::string reservation_id;
   std::string model;
-  int64_t steps = 0;
-  token_usage usage;
-  double cost_usd = 0;
+  budget_amount usage;
 };
-TROUPE_MESSAGE(budget_charge, ref, reservation_id, model, steps, usage,
-               cost_usd)
+TROUPE_MESSAGE(budget_charge, account, reservation_id, model, usage)
 
-/// Returns an unused reservation.
+/// Returns an unused reservation (the call failed before using anything).
 struct budget_release {
-  run_ref ref;
+  std::string account;
   std::string reservation_id;
 };
-TROUPE_MESSAGE(budget_release, ref, reservation_id)
+TROUPE_MESSAGE(budget_release, account, reservation_id)
 
-/// The reservation was granted; `remaining` is what is left after it.
-struct budget_grant {
-  std::string reservation_id;
-  budget_limits remaining;
-  /// True once usage crossed the warning share.
-  bool warning = false;
+/// Ends an account: its open reservations are released; what it used stays
+/// charged to its ancestors.
+struct budget_close {
+  std::string account;
 };
-TROUPE_MESSAGE(budget_grant, reservation_id, remaining, warning)
+TROUPE_MESSAGE(budget_close, account)
 
-/// The reservation was refused; `reason` names the exhausted limit.
-struct budget_denied {
-  std::string reservation_id;
-  std::string reason;
+/// What an account has used and holds reserved.
+struct budget_snapshot {
+  std::string account;
+  bool exists = false;
+  budget_limits limits;
+  budget_amount used;
+  budget_amount reserved;
+  /// Reservations granted and refused in this account or below it.
+  int64_t granted = 0;
+  int64_t denied = 0;
 };
-TROUPE_MESSAGE(budget_denied, reservation_id, reason)
+TROUPE_MESSAGE(budget_snapshot, account, exists, limits, used, reserved,
+               granted, denied)
+
+/// Asks for an account's snapshot: (bg_query_atom, account).
+using bg_query_atom = caf::atom_constant<caf::atom("bg_query")>;
+
+/// Name of the root account every path sits in.
+inline constexpr const char* global_budget_account = "global";
+
+/// Nano-dollars as dollars.
+inline double nusd_to_usd(int64_t nusd) {
+  return static_cast<double>(nusd) / 1e9;
+}
+
+/// Dollars as nano-dollars (rounded to nearest).
+inline int64_t usd_to_nusd(double usd) {
+  return static_cast<int64_t>(usd * 1e9 + (usd >= 0 ? 0.5 : -0.5));
+}
 
 } // namespace troupe

@@ -19,8 +19,10 @@ struct run_ref {
   std::string span_id;
   /// Who the run acts for.
   std::string principal;
+  /// Higher goes first where calls queue (rate and concurrency limits).
+  int32_t priority = 0;
 };
-TROUPE_MESSAGE(run_ref, run_id, trace_id, span_id, principal)
+TROUPE_MESSAGE(run_ref, run_id, trace_id, span_id, principal, priority)
 
 /// Tokens consumed by one or more model calls.
 struct token_usage {

@@ -52,8 +52,11 @@ struct run_task {
   int32_t max_steps = 0;
   /// Extra input for the run (structured context, a subtask's inputs).
   json_value context;
+  /// The budget accounts this run sits in, outermost first (below the
+  /// global root): a team adds its own before handing work to members.
+  std::vector<budget_scope> budget_scopes;
 };
-TROUPE_MESSAGE(run_task, ref, goal, budget, max_steps, context)
+TROUPE_MESSAGE(run_task, ref, goal, budget, max_steps, context, budget_scopes)
 
 /// What one step did: the model's reply and the tool calls it led to.
 struct step_record {
@@ -66,9 +69,11 @@ struct step_record {
   std::vector<std::string> observations;
   int64_t started_ns = 0;
   int64_t ended_ns = 0;
+  /// What the model call cost, in nano-dollars (from the price table).
+  int64_t cost_nusd = 0;
 };
 TROUPE_MESSAGE(step_record, index, reply, usage, tool_results, observations,
-               started_ns, ended_ns)
+               started_ns, ended_ns, cost_nusd)
 
 /// The outcome of a run.
 struct run_result {
@@ -87,9 +92,14 @@ struct run_result {
   /// What a team did besides its steps (its plan, each subtask's outcome, a
   /// debate's answers...); null for an agent.
   json_value detail;
+  /// What the model calls cost, in nano-dollars (from the price table).
+  int64_t cost_nusd = 0;
+  /// Guardrail warnings raised during the run (budget share crossed, a loop
+  /// suspected...), in order.
+  std::vector<std::string> warnings;
 };
 TROUPE_MESSAGE(run_result, run_id, agent, status, answer, steps, usage, error,
-               started_ns, ended_ns, detail)
+               started_ns, ended_ns, detail, cost_nusd, warnings)
 
 /// What happened in a run, as its subscribers see it.
 enum class event_kind : uint8_t {
@@ -101,13 +111,19 @@ enum class event_kind : uint8_t {
   task_completed,
   /// A run ended with any other status.
   task_failed,
+  /// A guardrail warns: a budget share crossed, a loop suspected (see detail).
+  warning,
+  /// An agent paused for a human's approval (detail names the action).
+  awaiting_approval,
 };
 
 TROUPE_JSON_ENUM(event_kind,
                  {{event_kind::run_started, "run_started"},
                   {event_kind::step_completed, "step_completed"},
                   {event_kind::task_completed, "task_completed"},
-                  {event_kind::task_failed, "task_failed"}})
+                  {event_kind::task_failed, "task_failed"},
+                  {event_kind::warning, "warning"},
+                  {event_kind::awaiting_approval, "awaiting_approval"}})
 
 /// Text name of an event kind, as in JSON.
 const char* to_string(event_kind x);
@@ -121,7 +137,7 @@ constexpr event_mask mask_of(event_kind x) {
 }
 
 /// Every kind.
-constexpr event_mask all_events = 0xF;
+constexpr event_mask all_events = 0x3F;
 
 /// One event of an agent or a team, sent to its subscribers.
 struct agent_event {
@@ -137,9 +153,11 @@ struct agent_event {
   std::string answer;
   std::string error;
   int64_t time_ns = 0;
+  /// For warning and awaiting_approval: what happened, in one line.
+  std::string detail;
 };
 TROUPE_MESSAGE(agent_event, source, kind, run_id, trace_id, step, status,
-               answer, error, time_ns)
+               answer, error, time_ns, detail)
 
 /// Subscribes an actor (an event_sink) to a runnable's events of the kinds in
 /// the mask: (ev_subscribe_atom, caf::actor, event_mask). Subscribing again

@@ -7,7 +7,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
+#include <caf/atom.hpp>
 #include <caf/replies_to.hpp>
 #include <caf/typed_actor.hpp>
 
@@ -33,6 +35,9 @@ enum class tool_error_kind : uint8_t {
   circuit_open,
   /// Policy or a human said no.
   denied,
+  /// The call waited in a rate or concurrency limiter's queue past its wait
+  /// timeout (or the queue was full).
+  rate_limited,
 };
 
 TROUPE_JSON_ENUM(tool_error_kind,
@@ -44,7 +49,8 @@ TROUPE_JSON_ENUM(tool_error_kind,
                               {tool_error_kind::transient, "transient"},
                               {tool_error_kind::permanent, "permanent"},
                               {tool_error_kind::circuit_open, "circuit_open"},
-                              {tool_error_kind::denied, "denied"}})
+                              {tool_error_kind::denied, "denied"},
+                              {tool_error_kind::rate_limited, "rate_limited"}})
 
 /// A typed tool failure.
 struct tool_error {
@@ -69,6 +75,19 @@ struct tool_call {
 TROUPE_MESSAGE(tool_call, ref, agent, step, call_id, name, args,
                idempotency_key, deadline_ms)
 
+/// One attempt of a tool call, as the retrier saw it.
+struct tool_attempt {
+  int32_t number = 0;
+  /// Steady-clock nanoseconds (runtime/clock.hpp now_ns).
+  int64_t started_ns = 0;
+  int64_t ended_ns = 0;
+  /// The backoff waited before this attempt (0 for the first).
+  int64_t backoff_ms = 0;
+  /// none when it succeeded.
+  tool_error_kind outcome = tool_error_kind::none;
+};
+TROUPE_MESSAGE(tool_attempt, number, started_ns, ended_ns, backoff_ms, outcome)
+
 /// The outcome of a tool call.
 struct tool_result {
   std::string call_id;
@@ -77,8 +96,37 @@ struct tool_result {
   json_value content;
   tool_error error;
   int32_t attempts = 0;
+  /// Every attempt when a retrier ran the call (empty otherwise).
+  std::vector<tool_attempt> attempt_log;
+  /// The result was recorded earlier under the same idempotency key and was
+  /// returned without running the tool again.
+  bool replayed = false;
+  /// Notes for the model besides the content (a cap the policy applied...).
+  std::vector<std::string> notes;
 };
-TROUPE_MESSAGE(tool_result, call_id, name, ok, content, error, attempts)
+TROUPE_MESSAGE(tool_result, call_id, name, ok, content, error, attempts,
+               attempt_log, replayed, notes)
+
+/// What the idempotency ledger knows about a key.
+struct ledger_entry {
+  std::string key;
+  bool found = false;
+  tool_result result;
+  /// Unix time in milliseconds when it was recorded.
+  int64_t recorded_ms = 0;
+};
+TROUPE_MESSAGE(ledger_entry, key, found, result, recorded_ms)
+
+/// Looks a key up in the idempotency ledger: (ld_lookup_atom, key).
+using ld_lookup_atom = caf::atom_constant<caf::atom("ld_lookup")>;
+
+/// Records a completed call: (ld_record_atom, key, result).
+using ld_record_atom = caf::atom_constant<caf::atom("ld_record")>;
+
+/// The idempotency ledger: completed tool calls by idempotency key.
+using ledger_actor = caf::typed_actor<
+  caf::replies_to<ld_lookup_atom, std::string>::with<ledger_entry>,
+  caf::reacts_to<ld_record_atom, std::string, tool_result>>;
 
 /// Anything that runs tool calls: an adapter, a breaker, a remote proxy.
 using tool_actor =

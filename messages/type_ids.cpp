@@ -32,6 +32,10 @@ const char* to_string(event_kind x) {
       return "task_completed";
     case event_kind::task_failed:
       return "task_failed";
+    case event_kind::warning:
+      return "warning";
+    case event_kind::awaiting_approval:
+      return "awaiting_approval";
   }
   return "unknown";
 }

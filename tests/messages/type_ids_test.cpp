@@ -101,8 +101,14 @@ chat_message sample_message() {
 }
 
 tool_result sample_tool_result() {
-  return {"call-1", "calculator", false, json{{"partial", 1}},
-          tool_error{tool_error_kind::transient, "upstream 503"}, 3};
+  tool_result r{"call-1", "calculator", false, json{{"partial", 1}},
+                tool_error{tool_error_kind::transient, "upstream 503"}, 3,
+                {}, false, {}};
+  r.attempt_log.push_back({1, 10, 20, 0, tool_error_kind::transient});
+  r.attempt_log.push_back({2, 70, 90, 50, tool_error_kind::none});
+  r.replayed = true;
+  r.notes = {"approved by bob"};
+  return r;
 }
 
 step_record sample_step() {
@@ -175,7 +181,8 @@ TEST_CASE_METHOD(fixture, "tool protocol messages round trip", "[messages]") {
 
 TEST_CASE_METHOD(fixture, "run protocol messages round trip", "[messages]") {
   check_round_trips(run_task{sample_ref(), "answer the customer",
-                             sample_limits(), 5, json{{"ticket", 17}}});
+                             sample_limits(), 5, json{{"ticket", 17}},
+                             {{"run-1/team", sample_limits()}}});
   check_round_trips(sample_step());
   run_result r;
   r.run_id = "run-1";
@@ -200,13 +207,20 @@ TEST_CASE_METHOD(fixture, "trace protocol messages round trip", "[messages]") {
 
 TEST_CASE_METHOD(fixture, "budget protocol messages round trip", "[messages]") {
   check_round_trips(sample_limits());
-  check_round_trips(
-    budget_reserve{sample_ref(), "res-1", "openai:gpt-4o-mini", 1, {100, 50}, 0.01});
-  check_round_trips(
-    budget_charge{sample_ref(), "res-1", "openai:gpt-4o-mini", 1, {90, 45}, 0.009});
-  check_round_trips(budget_release{sample_ref(), "res-1"});
-  check_round_trips(budget_grant{"res-1", sample_limits(), true});
-  check_round_trips(budget_denied{"res-1", "max_output_tokens 2000 exhausted"});
+  std::vector<budget_scope> path{{"team-1", sample_limits()},
+                                  {"run-1/a#1", sample_limits()}};
+  check_round_trips(budget_reserve{sample_ref(), path, "res-1",
+                                   "openai:gpt-4o-mini",
+                                   budget_amount{1, {100, 50}, 10000000}});
+  check_round_trips(budget_verdict{"res-1", false, "max_output_tokens",
+                                   {"80% of steps"}});
+  check_round_trips(budget_charge{"run-1/a#1", "res-1", "openai:gpt-4o-mini",
+                                  budget_amount{1, {90, 45}, 9000000}});
+  check_round_trips(budget_release{"run-1/a#1", "res-1"});
+  check_round_trips(budget_close{"run-1/a#1"});
+  check_round_trips(budget_snapshot{"global", true, sample_limits(),
+                                    budget_amount{3, {1, 2}, 3},
+                                    budget_amount{1, {4, 5}, 6}, 7, 8});
 }
 
 TEST_CASE_METHOD(fixture, "approval protocol messages round trip", "[messages]") {
