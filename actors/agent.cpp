@@ -4,6 +4,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <utility>
 
@@ -16,6 +17,7 @@
 
 #include "actors/events.hpp"
 #include "actors/span_recorder.hpp"
+#include "supervisors/team_run.hpp"
 #include "messages/errors.hpp"
 #include "runtime/clock.hpp"
 
@@ -83,6 +85,30 @@ constexpr size_t trace_excerpt = 2048;
 /// the adapter's answer (the adapter answers timeouts itself).
 constexpr auto adapter_grace = std::chrono::seconds{2};
 
+/// How long the agent waits for the budget actor's verdict.
+constexpr auto budget_timeout = std::chrono::seconds{30};
+
+/// Grace on top of an approval's time-to-live before the agent stops waiting
+/// for the gate (the gate answers expiry itself).
+constexpr auto approval_grace = std::chrono::seconds{5};
+
+/// Output tokens reserved for a model call whose parameters set no max_tokens.
+constexpr int64_t default_output_estimate = 512;
+
+/// Dollars from nano-dollars, for messages: "0.012000".
+std::string usd_text(int64_t nusd) {
+  char buf[48];
+  std::snprintf(buf, sizeof(buf), "%.6f", nusd_to_usd(nusd));
+  return buf;
+}
+
+/// A share or a confidence for messages: "0.62".
+std::string format_share(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.2f", x);
+  return buf;
+}
+
 std::string excerpt(std::string text, size_t max = trace_excerpt) {
   if (text.size() > max) {
     // Cut at a character boundary, not inside a UTF-8 sequence.
@@ -96,11 +122,16 @@ std::string excerpt(std::string text, size_t max = trace_excerpt) {
 
 /// What the model reads for a tool result.
 std::string observation_text(const tool_result& r) {
+  std::string text;
   if (r.ok)
-    return r.content.value.is_string() ? r.content.value.get<std::string>()
+    text = r.content.value.is_string() ? r.content.value.get<std::string>()
                                        : safe_dump(r.content.value);
-  return "error (" + json(r.error.kind).get<std::string>()
-         + "): " + r.error.message;
+  else
+    text = "error (" + json(r.error.kind).get<std::string>()
+           + "): " + r.error.message;
+  for (const auto& note : r.notes)
+    text += "\n[runtime] " + note;
+  return text;
 }
 
 /// How long a call may take: its own limit, cut to what is left of the
@@ -135,6 +166,27 @@ struct active_run {
   std::vector<std::optional<tool_result>> results;
   std::deque<size_t> waiting;
   size_t in_flight = 0;
+  /// Calls of the current step waiting for a human.
+  size_t awaiting_approval = 0;
+  /// The budget path of this run, its own account last.
+  std::vector<budget_scope> budget_path;
+  /// The open reservation of the current model call ("" for none).
+  std::string reservation;
+  /// Calls per tool in this run (policy caps count them).
+  std::map<std::string, int32_t> calls_per_tool;
+  /// Loop detection: calls by signature, what the run has seen, and steps in
+  /// a row that saw nothing new.
+  std::map<std::string, int32_t> call_counts;
+  std::set<std::string> seen;
+  int32_t stall = 0;
+  std::set<std::string> warned;
+  /// Confidence routing: reroutes so far, and whether the next step asks the
+  /// alternative model.
+  int32_t reroutes = 0;
+  bool ask_alternative = false;
+  /// Notes for the current step's results, index-aligned (policy caps,
+  /// approvals).
+  std::vector<std::vector<std::string>> notes;
 };
 
 struct agent_state {
@@ -145,6 +197,8 @@ struct agent_state {
   std::map<std::string, size_t> tool_index;
   std::vector<tool_spec> tool_specs;
   std::string tool_list; // "a, b, c" for observations
+  /// Characters of the tool descriptions the model is sent every step.
+  size_t tool_chars = 0;
   span_recorder trace;
   agent_phase phase = agent_phase::idle;
   std::optional<active_run> run;
@@ -175,6 +229,50 @@ void enter(agent_self self, agent_phase next) {
                       {"troupe.step", run.current_step}}; });
 }
 
+/// An event of the active run with a one-line detail.
+agent_event run_event(const agent_state& st, const active_run& run,
+                      event_kind kind, std::string detail) {
+  agent_event ev;
+  ev.source = st.spec.name;
+  ev.kind = kind;
+  ev.run_id = run.result.run_id;
+  ev.trace_id = run.trace_id;
+  ev.step = run.current_step;
+  ev.time_ns = now_ns();
+  ev.detail = std::move(detail);
+  return ev;
+}
+
+/// Raises a guardrail warning: kept in the result, traced, logged and
+/// published to subscribers.
+void warn(agent_self self, const std::string& text) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  run.result.warnings.push_back(text);
+  st.trace.event(run.trace_id,
+                 run.step_span.empty() ? run.run_span : run.step_span,
+                 "guardrail.warning",
+                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
+                      {"troupe.warning", text}}; });
+  spdlog::warn("agent {}: run {}: {}", st.spec.name, run.result.run_id, text);
+  if (st.events.wants(event_kind::warning))
+    st.events.publish(run_event(st, run, event_kind::warning, text));
+}
+
+/// Gives back what the run holds in the budget actor: an open reservation and
+/// its account.
+void close_budget(agent_self self, active_run& run) {
+  const auto& budget = self->state.links.budget;
+  if (!budget || run.budget_path.empty())
+    return;
+  const auto& account = run.budget_path.back().account;
+  if (!run.reservation.empty())
+    self->send(budget, budget_release{account, run.reservation});
+  run.reservation.clear();
+  self->send(budget, budget_close{account});
+  run.budget_path.clear();
+}
+
 /// Ends the active run, answers its caller and starts the next queued one.
 void finish(agent_self self, run_status status, std::string answer,
             std::string error) {
@@ -187,6 +285,7 @@ void finish(agent_self self, run_status status, std::string answer,
     run.step_span.clear();
     run.step_open = false;
   }
+  close_budget(self, run);
   run.result.status = status;
   run.result.answer = std::move(answer);
   run.result.error = std::move(error);
@@ -247,6 +346,12 @@ void begin(agent_self self, run_task task,
   if (task.budget.max_steps > 0)
     run.max_steps = static_cast<int32_t>(
       std::min<int64_t>(run.max_steps, task.budget.max_steps));
+  if (st.links.budget) {
+    run.budget_path = task.budget_scopes;
+    run.budget_path.push_back({task.ref.run_id + "/" + st.spec.name + "#"
+                                 + std::to_string(run.seq),
+                               task.budget});
+  }
   run.result.run_id = task.ref.run_id;
   run.result.agent = st.spec.name;
   run.result.started_ns = now_ns();
@@ -343,6 +448,107 @@ std::string reject_reason(const agent_state& st, const model_tool_call& call) {
   return {};
 }
 
+/// Feeds the model an observation instead of acting on its reply, and plans
+/// the next step.
+void observe_and_replan(agent_self self, std::string text,
+                        const std::string& outcome) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  run.step.observations.push_back(text);
+  run.messages.push_back({chat_role::user, std::move(text), {}, "", ""});
+  enter(self, agent_phase::processing);
+  close_step(self, outcome);
+  enter(self, agent_phase::planning);
+  plan(self);
+}
+
+void carry_out(agent_self self);
+
+/// The confidence a reply states in its structured output, if any.
+std::optional<double> stated_confidence(const confidence_routing& cfg,
+                                        const chat_message& msg) {
+  if (msg.content.empty())
+    return std::nullopt;
+  auto doc = extract_json(msg.content);
+  if (!doc.is_object())
+    return std::nullopt;
+  auto i = doc.find(cfg.field);
+  if (i == doc.end() || !i->is_number())
+    return std::nullopt;
+  auto c = i->get<double>();
+  if (!(c >= 0 && c <= 1))
+    return std::nullopt;
+  return c;
+}
+
+void escalate_reply(agent_self self, double confidence, std::string why);
+
+/// Routes a reply by its stated confidence; carries it out when it is
+/// confident enough (or states none).
+void route_by_confidence(agent_self self) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  const auto& cfg = st.spec.confidence;
+  auto c = cfg.enabled ? stated_confidence(cfg, run.step.reply) : std::nullopt;
+  if (!c || *c >= cfg.execute_at) {
+    carry_out(self);
+    return;
+  }
+  auto shown = format_share(*c);
+  std::string route;
+  if (run.reroutes >= cfg.max_reroutes)
+    route = "escalate";
+  else if (*c >= cfg.clarify_at)
+    route = "clarify";
+  else if (*c >= cfg.alternative_at)
+    route = st.links.alternative ? "alternative" : "escalate";
+  else
+    route = "escalate";
+  st.trace.event(run.trace_id, run.step_span, "confidence.route",
+                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
+                      {"troupe.confidence", *c},
+                      {"troupe.confidence.route", route}}; });
+  spdlog::info("agent {}: confidence {} at step {}: {}", st.spec.name, shown,
+               run.step.index, route);
+  if (route == "clarify") {
+    ++run.reroutes;
+    observe_and_replan(
+      self,
+      "[runtime] Your stated confidence " + shown + " is below "
+        + format_share(cfg.execute_at)
+        + ", so nothing was executed. Clarify: check what you are unsure "
+          "about (look it up with the tools, or state the assumption), then "
+          "reply again.",
+      "clarify");
+    return;
+  }
+  if (route == "alternative") {
+    ++run.reroutes;
+    // The same step again, asked of the alternative model; the unsure reply
+    // is not part of the conversation it sees.
+    run.messages.pop_back();
+    run.ask_alternative = true;
+    run.step.observations.push_back(
+      "confidence " + shown + " below " + format_share(cfg.clarify_at)
+      + ": asking the alternative model '" + cfg.alternative_model + "'");
+    enter(self, agent_phase::processing);
+    close_step(self, "alternative");
+    enter(self, agent_phase::planning);
+    plan(self);
+    return;
+  }
+  escalate_reply(self, *c,
+                 run.reroutes >= cfg.max_reroutes
+                   ? "confidence " + shown + " still below "
+                       + format_share(cfg.execute_at) + " after "
+                       + std::to_string(run.reroutes) + " reroute(s)"
+                   : "confidence " + shown + " below "
+                       + format_share(cfg.alternative_at
+                                      > 0 && st.links.alternative
+                                        ? cfg.alternative_at
+                                        : cfg.clarify_at));
+}
+
 void on_reply(agent_self self, const std::string& model_span,
               chat_response& resp) {
   auto& st = self->state;
@@ -355,6 +561,23 @@ void on_reply(agent_self self, const std::string& model_span,
                     {"gen_ai.response.model", resp.model}}; });
   run.result.usage += resp.usage;
   run.step.usage = resp.usage;
+  // Cost: the model that answered when it is priced, else the one asked.
+  int64_t cost = 0;
+  if (st.links.prices) {
+    const auto& prices = *st.links.prices;
+    auto priced = !resp.model.empty() && prices.find(resp.model)
+                    ? resp.model
+                    : st.spec.model;
+    cost = prices.cost_nusd(priced, resp.usage);
+  }
+  run.step.cost_nusd = cost;
+  run.result.cost_nusd += cost;
+  if (st.links.budget && !run.reservation.empty()) {
+    self->send(st.links.budget,
+               budget_charge{run.budget_path.back().account, run.reservation,
+                             resp.model, budget_amount{1, resp.usage, cost}});
+    run.reservation.clear();
+  }
   auto& msg = resp.message;
   msg.role = chat_role::assistant;
   // Give every call an id the tool message can answer to.
@@ -364,12 +587,7 @@ void on_reply(agent_self self, const std::string& model_span,
                              + std::to_string(i);
   run.step.reply = msg;
   run.messages.push_back(msg);
-  if (msg.tool_calls.empty()) {
-    if (!msg.content.empty()) {
-      close_step(self, "final_answer");
-      finish(self, run_status::complete, msg.content, "");
-      return;
-    }
+  if (msg.tool_calls.empty() && msg.content.empty()) {
     // Malformed: neither an answer nor a tool call.
     auto text = std::string{"[runtime] Your reply had neither content nor "
                             "tool calls. Give a final answer or call one of "
@@ -380,32 +598,255 @@ void on_reply(agent_self self, const std::string& model_span,
                    [&] { return json{{"troupe.observation", text},
                         {"gen_ai.response.finish_reasons",
                          json::array({resp.finish_reason})}}; });
-    run.step.observations.push_back(text);
-    run.messages.push_back({chat_role::user, std::move(text), {}, "", ""});
-    enter(self, agent_phase::processing);
-    close_step(self, "observation");
-    enter(self, agent_phase::planning);
-    plan(self);
+    observe_and_replan(self, std::move(text), "observation");
     return;
   }
-  // Token limits: the tokens are spent, but no tool runs past them.
-  const auto& budget = run.task.budget;
-  std::string exhausted;
-  if (budget.max_input_tokens > 0
-      && run.result.usage.input_tokens > budget.max_input_tokens)
-    exhausted = "input tokens " + std::to_string(run.result.usage.input_tokens)
-                + " exceed the run's limit of "
-                + std::to_string(budget.max_input_tokens);
-  else if (budget.max_output_tokens > 0
-           && run.result.usage.output_tokens > budget.max_output_tokens)
-    exhausted = "output tokens "
-                + std::to_string(run.result.usage.output_tokens)
-                + " exceed the run's limit of "
-                + std::to_string(budget.max_output_tokens);
-  if (!exhausted.empty()) {
-    close_step(self, "budget_exhausted");
-    finish(self, run_status::halted, last_assistant_text(run),
-           "budget exhausted: " + exhausted);
+  if (!msg.tool_calls.empty()) {
+    // Limits of the run itself: the tokens are spent, but no tool runs past
+    // them.
+    const auto& budget = run.task.budget;
+    std::string exhausted;
+    if (budget.max_input_tokens > 0
+        && run.result.usage.input_tokens > budget.max_input_tokens)
+      exhausted = "input tokens "
+                  + std::to_string(run.result.usage.input_tokens)
+                  + " exceed the run's limit of "
+                  + std::to_string(budget.max_input_tokens);
+    else if (budget.max_output_tokens > 0
+             && run.result.usage.output_tokens > budget.max_output_tokens)
+      exhausted = "output tokens "
+                  + std::to_string(run.result.usage.output_tokens)
+                  + " exceed the run's limit of "
+                  + std::to_string(budget.max_output_tokens);
+    else if (budget.max_cost_usd > 0
+             && run.result.cost_nusd > usd_to_nusd(budget.max_cost_usd))
+      exhausted = "cost $" + usd_text(run.result.cost_nusd)
+                  + " exceeds the run's limit of $"
+                  + usd_text(usd_to_nusd(budget.max_cost_usd));
+    if (!exhausted.empty()) {
+      close_step(self, "budget_exhausted");
+      finish(self, run_status::halted, last_assistant_text(run),
+             "budget exhausted: " + exhausted);
+      return;
+    }
+  }
+  route_by_confidence(self);
+}
+
+/// A signature of a tool call for loop detection.
+std::string call_signature(const tool_call& call) {
+  return call.name + "|" + safe_dump(call.args.value);
+}
+
+/// Counts a call; returns the warning when it was repeated too often.
+std::string count_repeat(agent_state& st, active_run& run,
+                         const tool_call& call) {
+  auto limit = st.spec.loops.repeat_threshold;
+  if (limit <= 0)
+    return {};
+  auto sig = call_signature(call);
+  auto n = ++run.call_counts[sig];
+  if (n < limit || !run.warned.insert("repeat|" + sig).second)
+    return {};
+  return "loop suspected: tool '" + call.name + "' called "
+         + std::to_string(n) + " times with the same arguments "
+         + excerpt(safe_dump(call.args.value), 200);
+}
+
+/// The last `n` steps of the run, for a human deciding an approval.
+json recent_steps(const active_run& run, size_t n) {
+  json out = json::array();
+  auto from = run.result.steps.size() > n ? run.result.steps.size() - n : 0;
+  for (auto i = from; i < run.result.steps.size(); ++i) {
+    const auto& step = run.result.steps[i];
+    json calls = json::array();
+    for (const auto& r : step.tool_results)
+      calls.push_back({{"tool", r.name},
+                       {"ok", r.ok},
+                       {"result", excerpt(observation_text(r), 300)}});
+    out.push_back({{"step", step.index},
+                   {"reply", excerpt(step.reply.content, 300)},
+                   {"tool_calls", std::move(calls)}});
+  }
+  return out;
+}
+
+/// Sends an approval request to the gate; `decided` gets the decision (an
+/// expiry when the gate does not answer) if the run is still the same.
+template <class OnDecision>
+void request_approval(agent_self self, approval_request req,
+                      std::chrono::milliseconds ttl, OnDecision decided) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  req.ref = run.task.ref;
+  req.ref.span_id = run.step_span;
+  req.agent = st.spec.name;
+  req.recent_steps = recent_steps(run, 3);
+  req.created_ms = now_ms();
+  req.ttl_ms = ttl.count();
+  if (req.request_id.empty())
+    req.request_id = "apr-" + random_hex(4);
+  ++run.awaiting_approval;
+  enter(self, agent_phase::awaiting_approval);
+  auto detail = req.request_id + ": " + req.action + " "
+                + excerpt(safe_dump(req.args.value), 200) + " (" + req.reason
+                + ")";
+  st.trace.event(run.trace_id, run.step_span, "approval.requested",
+                 [&] { return json{{"troupe.approval.id", req.request_id},
+                      {"troupe.approval.action", req.action},
+                      {"troupe.approval.reason", req.reason},
+                      {"troupe.approval.ttl_ms", req.ttl_ms}}; });
+  spdlog::info("agent {}: awaiting approval {}", st.spec.name, detail);
+  if (st.events.wants(event_kind::awaiting_approval))
+    st.events.publish(
+      run_event(st, run, event_kind::awaiting_approval, detail));
+  auto seq = run.seq;
+  auto id = req.request_id;
+  auto action = req.action;
+  self->request(st.links.approvals, ttl + approval_grace, std::move(req))
+    .then(
+      [self, seq, decided](approval_decision& d) {
+        if (self->state.run && self->state.run->seq == seq)
+          decided(d);
+      },
+      [self, seq, decided, id, ttl](caf::error& err) {
+        if (!self->state.run || self->state.run->seq != seq)
+          return;
+        approval_decision d;
+        d.request_id = id;
+        d.verdict = approval_verdict::expired;
+        d.who = "approval gate";
+        d.note = "the gate did not answer within "
+                 + std::to_string(ttl.count()) + " ms: " + error_text(err);
+        decided(d);
+      });
+}
+
+/// Notes a decision in the trace; returns the sentence the model reads when
+/// it was not an approval.
+std::string record_decision(agent_self self, const approval_decision& d,
+                            const std::string& action) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  --run.awaiting_approval;
+  st.trace.event(run.trace_id, run.step_span, "approval.decided",
+                 [&] { return json{{"troupe.approval.id", d.request_id},
+                      {"troupe.approval.verdict", json(d.verdict)},
+                      {"troupe.approval.who", d.who},
+                      {"troupe.approval.note", d.note}}; });
+  spdlog::info("agent {}: approval {} for {}: {} by {}", st.spec.name,
+               d.request_id, action, json(d.verdict).get<std::string>(),
+               d.who);
+  switch (d.verdict) {
+    case approval_verdict::approve:
+      return {};
+    case approval_verdict::deny:
+      return "a human (" + d.who + ") denied '" + action + "'"
+             + (d.note.empty() ? std::string{} : ": " + d.note);
+    case approval_verdict::expired:
+      break;
+  }
+  return "nobody approved '" + action + "' in time (approval request "
+         + d.request_id + " expired" + (d.note.empty() ? "" : ": " + d.note)
+         + ")";
+}
+
+/// Sends call `index` to a human; it joins the waiting calls when approved
+/// and becomes a denied result otherwise.
+void ask_approval(agent_self self, size_t index,
+                  const policy_verdict& verdict) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  const auto& call = run.calls[index];
+  auto deny = [self, index](std::string why) {
+    auto& run = *self->state.run;
+    const auto& call = run.calls[index];
+    run.step.observations.push_back(why);
+    tool_result r;
+    r.call_id = call.call_id;
+    r.name = call.name;
+    r.error = {tool_error_kind::denied, std::move(why)};
+    run.results[index] = std::move(r);
+  };
+  if (!st.links.approvals) {
+    deny("tool '" + call.name + "' needs a human's approval (" + verdict.reason
+         + ") but no approval gate is configured");
+    return;
+  }
+  auto ttl = verdict.ttl_ms > 0 ? std::chrono::milliseconds{verdict.ttl_ms}
+                                : st.spec.approval_ttl;
+  ttl = bounded(ttl, run.task.budget.deadline_ms);
+  approval_request req;
+  req.action = call.name;
+  req.args = call.args;
+  req.reason = verdict.reason;
+  auto name = call.name;
+  request_approval(self, std::move(req), ttl,
+                   [self, index, name, deny](const approval_decision& d) {
+                     auto why = record_decision(self, d, name);
+                     auto& run = *self->state.run;
+                     if (why.empty()) {
+                       run.notes.resize(std::max(run.notes.size(), index + 1));
+                       run.notes[index].push_back(
+                         "approved by " + d.who
+                         + (d.note.empty() ? std::string{} : ": " + d.note));
+                       run.waiting.push_back(index);
+                     } else {
+                       deny(std::move(why));
+                     }
+                     enter(self, agent_phase::acting);
+                     act(self);
+                   });
+}
+
+/// Asks a human whether an unsure reply may be carried out.
+void escalate_reply(agent_self self, double confidence, std::string why) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  const auto& msg = run.step.reply;
+  if (!st.links.approvals) {
+    observe_and_replan(self,
+                       "[runtime] Your reply was not carried out: " + why
+                         + ", and no human is available to approve it. Make "
+                           "sure of it (use the tools) or answer differently.",
+                       "escalation_unavailable");
+    return;
+  }
+  json calls = json::array();
+  for (const auto& c : msg.tool_calls)
+    calls.push_back({{"tool", c.name}, {"arguments", c.arguments.value}});
+  approval_request req;
+  req.action = "carry out a low-confidence reply";
+  req.args = json{{"confidence", confidence},
+                  {"content", excerpt(msg.content, 1000)},
+                  {"tool_calls", std::move(calls)}};
+  req.reason = std::move(why);
+  auto ttl = bounded(st.spec.approval_ttl, run.task.budget.deadline_ms);
+  request_approval(self, std::move(req), ttl,
+                   [self](const approval_decision& d) {
+                     auto why = record_decision(self, d, "the reply");
+                     if (why.empty()) {
+                       carry_out(self);
+                       return;
+                     }
+                     observe_and_replan(self,
+                                        "[runtime] Your reply was not carried "
+                                        "out: "
+                                          + why + ". Answer differently.",
+                                        "escalation_denied");
+                   });
+}
+
+/// Carries out a reply: its final answer, or its tool calls (checked, judged
+/// by the policy, some sent to a human first).
+void carry_out(agent_self self) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  const auto& msg = run.step.reply;
+  if (msg.tool_calls.empty()) {
+    auto answer = msg.content; // close_step moves the step away
+    close_step(self, "final_answer");
+    finish(self, run_status::complete, std::move(answer), "");
     return;
   }
   // ACTING: check every call; the good ones run, bounded in parallel.
@@ -415,6 +856,10 @@ void on_reply(agent_self self, const std::string& model_span,
   run.results.clear();
   run.waiting.clear();
   run.in_flight = 0;
+  run.awaiting_approval = 0;
+  run.notes.clear();
+  std::vector<std::pair<size_t, policy_verdict>> approvals;
+  std::string loop_warning;
   for (size_t i = 0; i < msg.tool_calls.size(); ++i) {
     const auto& proposed = msg.tool_calls[i];
     tool_call call;
@@ -424,26 +869,72 @@ void on_reply(agent_self self, const std::string& model_span,
     call.call_id = proposed.id;
     call.name = proposed.name;
     call.args = proposed.arguments;
-    // Stable across retries of this call; the agent's name keeps team members
-    // sharing a run apart.
-    call.idempotency_key = stable_hash(
-      run.task.ref.run_id + "|" + st.spec.name + "|"
-      + std::to_string(run.step.index) + "|" + proposed.name + "|"
-      + safe_dump(proposed.arguments.value));
-    run.calls.push_back(std::move(call));
     run.call_spans.emplace_back();
     auto reason = reject_reason(st, proposed);
-    if (reason.empty()) {
-      run.results.emplace_back();
-      run.waiting.push_back(i);
-      continue;
-    }
     auto kind = st.tool_index.count(proposed.name) == 0
                   ? tool_error_kind::unknown_tool
                   : tool_error_kind::invalid_arguments;
+    std::vector<std::string> notes;
+    if (reason.empty() && st.links.rules) {
+      policy_query q;
+      q.role = st.spec.role.empty() ? st.spec.name : st.spec.role;
+      q.principal = run.task.ref.principal;
+      q.tool = call.name;
+      q.args = call.args.value;
+      q.calls_so_far = run.calls_per_tool[call.name];
+      auto verdict = evaluate(*st.links.rules, q);
+      if (verdict.decision != policy_decision::allow || !verdict.rule.empty())
+        st.trace.event(run.trace_id, run.step_span, "policy.decision",
+                       [&] { return json{{"gen_ai.tool.name", call.name},
+                            {"gen_ai.tool.call.id", call.call_id},
+                            {"troupe.policy.decision", to_string(verdict.decision)},
+                            {"troupe.policy.rule", verdict.rule},
+                            {"troupe.policy.reason", verdict.reason}}; });
+      switch (verdict.decision) {
+        case policy_decision::allow:
+          break;
+        case policy_decision::allow_with_caps:
+          call.args = verdict.args;
+          for (auto& c : verdict.capped)
+            notes.push_back("policy rule '" + verdict.rule + "': " + c);
+          break;
+        case policy_decision::require_approval:
+          approvals.emplace_back(i, verdict);
+          break;
+        case policy_decision::deny:
+          reason = verdict.reason;
+          kind = tool_error_kind::denied;
+          break;
+      }
+    }
+    const auto* tool = reason.empty()
+                         ? &st.links.tools[st.tool_index.at(call.name)]
+                         : nullptr;
+    // Stable across retries of this call (see idempotency_config).
+    call.idempotency_key = tool ? idempotency_key(tool->idempotency, call)
+                                : std::string{};
+    if (reason.empty()) {
+      ++run.calls_per_tool[call.name];
+      auto w = count_repeat(st, run, call);
+      if (!w.empty() && loop_warning.empty())
+        loop_warning = w;
+    }
+    run.calls.push_back(std::move(call));
+    if (reason.empty()) {
+      run.results.emplace_back();
+      if (approvals.empty() || approvals.back().first != i)
+        run.waiting.push_back(i);
+      if (!notes.empty()) {
+        // Kept for the result: the model learns what the policy changed.
+        run.notes.resize(run.calls.size());
+        run.notes[i] = std::move(notes);
+      }
+      continue;
+    }
     st.trace.event(run.trace_id, run.step_span, "tool.rejected",
                    [&] { return json{{"gen_ai.tool.name", proposed.name},
                         {"gen_ai.tool.call.id", proposed.id},
+                        {"error.type", json(kind)},
                         {"troupe.observation", reason}}; });
     run.step.observations.push_back(reason);
     tool_result rejected;
@@ -452,8 +943,61 @@ void on_reply(agent_self self, const std::string& model_span,
     rejected.error = {kind, std::move(reason)};
     run.results.emplace_back(std::move(rejected));
   }
+  if (!loop_warning.empty()) {
+    warn(self, loop_warning);
+    if (st.spec.loops.halt) {
+      close_step(self, "loop");
+      finish(self, run_status::halted, last_assistant_text(run),
+             "halted: " + loop_warning);
+      return;
+    }
+  }
+  for (auto& [index, verdict] : approvals)
+    ask_approval(self, index, verdict);
   act(self);
 }
+
+/// What the next model call may use, to reserve before it starts.
+budget_amount estimate_call(const agent_state& st, const active_run& run,
+                            const std::string& model) {
+  budget_amount out;
+  out.steps = 1;
+  out.tokens = st.spec.usage_estimate;
+  if (out.tokens.input_tokens <= 0) {
+    size_t chars = st.tool_chars;
+    for (const auto& m : run.messages) {
+      chars += m.content.size();
+      for (const auto& c : m.tool_calls)
+        chars += c.name.size() + c.raw_arguments.size()
+                 + (c.raw_arguments.empty() ? safe_dump(c.arguments.value).size()
+                                            : 0);
+    }
+    out.tokens.input_tokens = static_cast<int64_t>(chars / 4) + 1;
+  }
+  if (out.tokens.output_tokens <= 0) {
+    auto i = st.spec.model_params.find("max_tokens");
+    out.tokens.output_tokens = i != st.spec.model_params.end()
+                                   && i->is_number_integer()
+                                   && i->get<int64_t>() > 0
+                                 ? i->get<int64_t>()
+                                 : default_output_estimate;
+  }
+  if (st.links.prices)
+    out.cost_nusd = st.links.prices->cost_nusd(model, out.tokens);
+  return out;
+}
+
+/// Ends the run because the budget said no.
+void halt_for_budget(agent_self self, const std::string& reason) {
+  auto& run = *self->state.run;
+  auto done = run.result.steps.size();
+  finish(self, run_status::halted, last_assistant_text(run),
+         done == 0 ? "refused: " + reason
+                   : "budget exhausted after " + std::to_string(done)
+                       + " step(s): " + reason);
+}
+
+void ask_model(agent_self self);
 
 void plan(agent_self self) {
   auto& st = self->state;
@@ -470,6 +1014,58 @@ void plan(agent_self self) {
              + ") without a final answer");
     return;
   }
+  if (!st.links.budget) {
+    // No budget actor: the run's own cost limit is checked here.
+    auto limit = usd_to_nusd(run.task.budget.max_cost_usd);
+    if (limit > 0 && run.result.cost_nusd >= limit) {
+      halt_for_budget(self, "the run spent $" + usd_text(run.result.cost_nusd)
+                              + " of its $" + usd_text(limit) + " limit");
+      return;
+    }
+    ask_model(self);
+    return;
+  }
+  // Reserve an estimate first: a call that cannot be afforded never starts.
+  budget_reserve req;
+  req.ref = run.task.ref;
+  req.path = run.budget_path;
+  req.reservation_id = run.budget_path.back().account + "@"
+                       + std::to_string(run.result.steps.size() + 1);
+  req.model = run.ask_alternative ? st.spec.confidence.alternative_model
+                                  : st.spec.model;
+  req.estimate = estimate_call(st, run, req.model);
+  run.reservation = req.reservation_id;
+  auto seq = run.seq;
+  self->request(st.links.budget, budget_timeout, std::move(req))
+    .then(
+      [self, seq](budget_verdict& v) {
+        auto& st = self->state;
+        if (!st.run || st.run->seq != seq)
+          return;
+        for (const auto& w : v.warnings)
+          warn(self, w);
+        if (!v.granted) {
+          st.run->reservation.clear();
+          halt_for_budget(self, v.reason);
+          return;
+        }
+        ask_model(self);
+      },
+      [self, seq](caf::error& err) {
+        auto& st = self->state;
+        if (!st.run || st.run->seq != seq)
+          return;
+        // A guardrail that cannot be asked fails closed.
+        st.run->reservation.clear();
+        finish(self, run_status::failed, last_assistant_text(*st.run),
+               "the budget actor did not answer: " + error_text(err));
+      });
+}
+
+/// Opens the next step and asks the model (the budget allowed it).
+void ask_model(agent_self self) {
+  auto& st = self->state;
+  auto& run = *st.run;
   run.step = step_record{};
   run.step.index = static_cast<int32_t>(run.result.steps.size()) + 1;
   const auto& faults = st.spec.faults;
@@ -478,6 +1074,10 @@ void plan(agent_self self) {
     throw std::runtime_error("injected fault: agent '" + st.spec.name
                              + "' crashed at step "
                              + std::to_string(run.step.index));
+  auto alternative = run.ask_alternative && st.links.alternative;
+  run.ask_alternative = false;
+  const auto& model_name = alternative ? st.spec.confidence.alternative_model
+                                       : st.spec.model;
   run.step.started_ns = now_ns();
   run.step_open = true;
   run.current_step = run.step.index;
@@ -486,22 +1086,23 @@ void plan(agent_self self) {
                                  [&] { return json{{"gen_ai.agent.name", st.spec.name},
                                       {"troupe.step", run.step.index}}; });
   auto model_span = st.trace.start(
-    run.trace_id, run.step_span, "chat " + st.spec.model,
+    run.trace_id, run.step_span, "chat " + model_name,
     [&] { return json{{"gen_ai.operation.name", "chat"},
-         {"gen_ai.request.model", st.spec.model},
+         {"gen_ai.request.model", model_name},
          {"gen_ai.agent.name", st.spec.name},
          {"troupe.step", run.step.index}}; });
   chat_request req;
   req.ref = run.task.ref;
   req.ref.span_id = model_span;
   req.agent = st.spec.name;
-  req.model = st.spec.model;
+  req.model = model_name;
   req.messages = run.messages;
   req.tools = st.tool_specs;
   req.params = st.spec.model_params;
   auto seq = run.seq;
   auto timeout = bounded(st.spec.model_timeout, run.task.budget.deadline_ms);
-  self->request(st.links.model, timeout, std::move(req))
+  self->request(alternative ? st.links.alternative : st.links.model, timeout,
+                std::move(req))
     .then(
       [self, seq, model_span](chat_response& resp) {
         if (self->state.run && self->state.run->seq == seq)
@@ -518,13 +1119,34 @@ void process(agent_self self) {
   auto& st = self->state;
   auto& run = *st.run;
   enter(self, agent_phase::processing);
-  for (auto& r : run.results) {
-    run.messages.push_back(
-      {chat_role::tool, observation_text(*r), {}, r->call_id, r->name});
+  bool learned = false;
+  for (size_t i = 0; i < run.results.size(); ++i) {
+    auto& r = run.results[i];
+    auto text = observation_text(*r);
+    if (run.seen.insert(stable_hash(call_signature(run.calls[i]) + "=>" + text))
+          .second)
+      learned = true;
+    run.messages.push_back({chat_role::tool, std::move(text), {}, r->call_id,
+                            r->name});
     run.step.tool_results.push_back(std::move(*r));
   }
   run.results.clear();
+  run.notes.clear();
   close_step(self, "tool_calls");
+  run.stall = learned ? 0 : run.stall + 1;
+  const auto& loops = st.spec.loops;
+  if (loops.stall_steps > 0 && run.stall >= loops.stall_steps
+      && run.warned.insert("stall").second) {
+    auto text = "no progress: " + std::to_string(run.stall)
+                + " step(s) in a row made the same tool calls and got the "
+                  "same results";
+    warn(self, text);
+    if (loops.halt) {
+      finish(self, run_status::halted, last_assistant_text(run),
+             "halted: " + text);
+      return;
+    }
+  }
   enter(self, agent_phase::planning);
   plan(self);
 }
@@ -544,6 +1166,9 @@ void on_tool_result(agent_self self, size_t index, tool_result r) {
       return attrs;
     },
     r.ok ? std::string{} : r.error.message);
+  if (index < run.notes.size())
+    for (auto& note : run.notes[index])
+      r.notes.push_back(std::move(note));
   run.results[index] = std::move(r);
   act(self);
 }
@@ -596,7 +1221,7 @@ void act(agent_self self) {
           on_tool_result(self, index, std::move(r));
         });
   }
-  if (run.waiting.empty() && run.in_flight == 0)
+  if (run.waiting.empty() && run.in_flight == 0 && run.awaiting_approval == 0)
     process(self);
 }
 
@@ -608,6 +1233,7 @@ void fail_all(agent_self self, run_status status, const std::string& why,
   auto& st = self->state;
   if (st.run) {
     auto& run = *st.run;
+    close_budget(self, run);
     if (run.step_open) {
       run.step.ended_ns = now_ns();
       run.result.steps.push_back(std::move(run.step));
@@ -648,6 +1274,8 @@ runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
     const auto& t = links.tools[i];
     st.tool_index.emplace(t.spec.name, i);
     st.tool_specs.push_back(t.spec);
+    st.tool_chars += t.spec.name.size() + t.spec.description.size()
+                     + safe_dump(t.spec.parameters.value).size();
     if (!st.tool_list.empty())
       st.tool_list += ", ";
     st.tool_list += t.spec.name;

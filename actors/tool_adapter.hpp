@@ -10,9 +10,16 @@
 //                      +-- per-call timer ----------> tool_result{timeout}
 //
 // A blocking body (the default) never runs on an actor thread; a tool declared
-// non-blocking (tool_definition::blocking = false) runs in place. Whichever of "done" and "timer"
-// arrives first answers the caller; a body that finishes after its timeout is
-// logged and its result dropped (the thread cannot be taken back).
+// non-blocking (tool_definition::blocking = false) runs in place. Whichever of
+// "done" and "timer" arrives first answers the caller.
+//
+// Idempotency: a call with a key already recorded in the ledger is answered
+// with the recorded result (replayed) and the body does not run. A call whose
+// key is in flight (the same call retried or duplicated while its body runs,
+// even after the first caller timed out) waits for that body instead of
+// starting another. A body that succeeds is recorded in the ledger, also when
+// it finishes after its caller gave up: its side effect happened. So a tool
+// that did its work and then timed out, retried with the same key, runs once.
 
 #include <memory>
 
@@ -27,6 +34,7 @@ class blocking_pool;
 
 /// Spawns the adapter actor for `tool`, running its body on `pool`.
 tool_actor spawn_tool_adapter(caf::actor_system& sys, tool_ptr tool,
-                              std::shared_ptr<blocking_pool> pool);
+                              std::shared_ptr<blocking_pool> pool,
+                              ledger_actor ledger = {});
 
 } // namespace troupe

@@ -7,7 +7,9 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
 #include <sstream>
+#include <thread>
 #include <stdexcept>
 #include <utility>
 
@@ -467,6 +469,106 @@ tool_definition clock_tool() {
     if (std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &utc) == 0)
       permanent("clock: cannot format the UTC date");
     return {{"utc", text}, {"unix_ms", ms}};
+  };
+  return def;
+}
+
+tool_definition lookup_tool(std::string name, std::string description,
+                            std::string json_file_path, std::string key_field) {
+  auto table = std::make_shared<const json>(load_table(json_file_path));
+  tool_definition def;
+  def.name = std::move(name);
+  def.description = description.empty()
+                      ? "Looks up a record by its " + key_field + "."
+                      : std::move(description);
+  def.parameters = {
+    {"type", "object"},
+    {"properties",
+     {{key_field,
+       {{"type", "string"}, {"minLength", 1}, {"maxLength", 200}}}}},
+    {"required", {key_field}},
+    {"additionalProperties", false}};
+  def.capabilities = {"lookup"};
+  def.timeout = std::chrono::seconds{5};
+  def.blocking = false;
+  def.fn = [table, key_field, tool = def.name](const json& args,
+                                               const tool_context&) -> json {
+    const auto& key = string_arg(args, key_field.c_str());
+    auto i = table->find(key);
+    if (i == table->end())
+      permanent(tool + ": no record with " + key_field + " '" + key + "'; "
+                + known_keys(*table));
+    return *i;
+  };
+  return def;
+}
+
+namespace {
+
+/// "{name}" in `text` replaced by the argument's value.
+std::string fill_template(std::string text, const json& args) {
+  if (!args.is_object())
+    return text;
+  for (const auto& item : args.items()) {
+    auto slot = "{" + item.key() + "}";
+    auto value = item.value().is_string() ? item.value().get<std::string>()
+                                          : safe_dump(item.value());
+    for (auto at = text.find(slot); at != std::string::npos;
+         at = text.find(slot, at + value.size()))
+      text.replace(at, slot.size(), value);
+  }
+  return text;
+}
+
+} // namespace
+
+tool_definition journal_tool(std::string name, journal_settings settings) {
+  {
+    std::ofstream probe(settings.file, std::ios::app);
+    if (!probe)
+      throw std::invalid_argument(name + ": cannot open '" + settings.file
+                                  + "' for appending");
+  }
+  struct shared_state {
+    std::mutex mtx;
+    int32_t calls = 0;
+    int32_t successes = 0;
+  };
+  auto state = std::make_shared<shared_state>();
+  tool_definition def;
+  def.name = std::move(name);
+  def.description = settings.description.empty()
+                      ? "Records an action in " + settings.file + "."
+                      : settings.description;
+  def.parameters = settings.parameters;
+  def.capabilities = {"journal"};
+  def.fn = [state, settings, tool = def.name](const json& args,
+                                              const tool_context& ctx) -> json {
+    bool slow = false;
+    {
+      std::lock_guard<std::mutex> guard{state->mtx};
+      if (state->calls++ < settings.fail_first)
+        throw tool_failure(settings.failure,
+                           tool + ": the remote system failed (call "
+                             + std::to_string(state->calls) + " of the first "
+                             + std::to_string(settings.fail_first)
+                             + " that fail)");
+      json line{{"tool", tool},
+                {"key", ctx.idempotency_key},
+                {"run_id", ctx.ref.run_id},
+                {"args", args},
+                {"at_ms", now_ms()}};
+      std::ofstream out(settings.file, std::ios::app);
+      out << safe_dump(line) << '\n';
+      out.flush();
+      if (!out)
+        throw tool_failure(tool_error_kind::transient,
+                           tool + ": cannot append to " + settings.file);
+      slow = state->successes++ < settings.delay_first;
+    }
+    if (slow)
+      std::this_thread::sleep_for(settings.delay);
+    return fill_template(settings.result, args);
   };
   return def;
 }

@@ -35,6 +35,39 @@ tool_definition kv_lookup_tool(std::string json_file_path);
 /// time.
 tool_definition clock_tool();
 
+/// A "lookup" tool named `name`: finds the record stored under the argument
+/// `key_field` (a string) in a JSON object loaded from `json_file_path` now,
+/// and returns it; an unknown key fails (permanent) naming the known keys.
+/// Throws std::invalid_argument naming the file when it is unreadable or not
+/// an object. Quick and side-effect free.
+tool_definition lookup_tool(std::string name, std::string description,
+                            std::string json_file_path, std::string key_field);
+
+/// How a "journal" tool behaves (see journal_tool).
+struct journal_settings {
+  std::string description;
+  /// JSON Lines file each call is appended to.
+  std::string file;
+  /// JSON Schema of the arguments (an object schema).
+  json parameters = json{{"type", "object"}};
+  /// What a call returns; "{arg}" is replaced by that argument's value.
+  std::string result = "done";
+  /// The first N calls fail (before any side effect) with `failure`.
+  int32_t fail_first = 0;
+  tool_error_kind failure = tool_error_kind::transient;
+  /// The first N successful calls wait `delay` after their side effect (as a
+  /// slow or hung remote system would), so a short timeout catches them.
+  int32_t delay_first = 0;
+  std::chrono::milliseconds delay{0};
+};
+
+/// A "journal" tool named `name`: its side effect is one JSON line appended
+/// to `settings.file`: {"tool", "key" (the idempotency key), "args",
+/// "at_ms"}. So the file counts how often the tool really ran: the examples
+/// and tests use it as the external system a side effect lands in. Throws
+/// std::invalid_argument when the file cannot be opened for appending.
+tool_definition journal_tool(std::string name, journal_settings settings);
+
 /// The names of the builtin tools, sorted: calculator, clock, kv_lookup.
 std::vector<std::string> builtin_tool_names();
 

@@ -28,6 +28,19 @@ namespace {
 
 constexpr const char* scripted_prefix = "scripted:";
 
+/// How long an agent waits for a tool call through its guards: every attempt,
+/// every backoff at its cap and every wait in a limiter's queue.
+std::chrono::milliseconds call_budget(const tool_definition& def) {
+  const auto& g = def.guards;
+  auto attempts = 1 + std::max(g.retry.max_retries, 0);
+  auto per_attempt = g.retry.attempt_timeout.count() > 0
+                       ? std::min(g.retry.attempt_timeout, def.timeout)
+                       : def.timeout;
+  if (g.limits.any())
+    per_attempt += g.limits.max_wait;
+  return per_attempt * attempts + g.retry.cap * (attempts - 1);
+}
+
 } // namespace
 
 runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
@@ -65,6 +78,34 @@ runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
     }
     own(tracer_.address());
   }
+  try {
+    budget_ = spawn_budget(*sys_, cfg_.budget);
+    if (!cfg_.policy.rules.empty()
+        || cfg_.policy.default_decision != policy_decision::allow) {
+      auto rules = cfg_.policy;
+      compile(rules);
+      policy_ = std::make_shared<const troupe::policy>(std::move(rules));
+    }
+  } catch (...) {
+    shutdown();
+    throw;
+  }
+  own(budget_.address());
+  ledger_ = spawn_ledger(*sys_, cfg_.ledger);
+  own(ledger_.address());
+  approvals_ = spawn_approval_gate(*sys_, cfg_.approvals, tracer_);
+  own(approvals_.address());
+  prices_ = std::make_shared<const price_table>(cfg_.prices);
+}
+
+model_actor runtime::limit_model(const std::string& name, model_actor model) {
+  auto i = cfg_.model_limits.find(name);
+  if (i == cfg_.model_limits.end() || !i->second.any())
+    return model;
+  auto limited = spawn_model_limiter(*sys_, name, i->second, std::move(model),
+                                     tracer_);
+  own(limited.address());
+  return limited;
 }
 
 runtime::~runtime() {
@@ -97,6 +138,7 @@ void runtime::add_model(const std::string& name, model_actor model) {
   if (!model)
     throw std::invalid_argument("add_model: model '" + name
                                 + "' has no actor");
+  model = limit_model(name, std::move(model));
   std::lock_guard<std::mutex> guard{mtx_};
   models_.insert_or_assign(name, std::move(model));
 }
@@ -123,8 +165,9 @@ model_actor runtime::model(const std::string& name) {
   } catch (const std::exception& ex) {
     throw std::invalid_argument(ex.what());
   }
-  auto actor = spawn_scripted_model(*sys_, std::move(script));
+  model_actor actor = spawn_scripted_model(*sys_, std::move(script));
   own(actor.address());
+  actor = limit_model(name, std::move(actor));
   std::lock_guard<std::mutex> guard{mtx_};
   // Another thread may have loaded the same script meanwhile; keep the first.
   auto [i, added] = models_.emplace(name, actor);
@@ -146,10 +189,26 @@ tool_actor runtime::tool(const std::string& name, const std::string& version) {
   auto i = adapters_.find(key);
   if (i != adapters_.end())
     return i->second;
-  auto adapter = spawn_tool_adapter(*sys_, def, blocking_);
-  owned_.push_back(adapter.address());
-  adapters_.emplace(key, adapter);
-  return adapter;
+  // The guards stack in front of the adapter: retrier -> breaker -> limiter.
+  const auto& guards = def->definition.guards;
+  tool_actor front = spawn_tool_adapter(*sys_, def, blocking_, ledger_);
+  owned_.push_back(front.address());
+  if (guards.limits.any()) {
+    front = spawn_tool_limiter(*sys_, name, guards.limits, front, tracer_);
+    owned_.push_back(front.address());
+  }
+  if (guards.breaker.failure_threshold > 0) {
+    auto breaker = spawn_breaker(*sys_, name, guards.breaker, front, tracer_);
+    owned_.push_back(breaker.address());
+    breakers_.emplace(key, breaker);
+    front = breaker;
+  }
+  if (guards.retry.max_retries > 0) {
+    front = spawn_retrier(*sys_, name, guards.retry, front, tracer_);
+    owned_.push_back(front.address());
+  }
+  adapters_.emplace(key, front);
+  return front;
 }
 
 agent_links runtime::resolve(agent_spec& spec) {
@@ -174,10 +233,26 @@ agent_links runtime::resolve(agent_spec& spec) {
     agent_tool t;
     t.spec = def->spec();
     t.actor = tool(name, def->definition.version);
-    t.timeout = def->definition.timeout;
+    t.timeout = call_budget(def->definition);
+    t.idempotency = def->definition.idempotency;
     links.tools.push_back(std::move(t));
   }
   links.tracer = tracer();
+  links.budget = budget_;
+  links.prices = prices_;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    links.rules = policy_;
+  }
+  links.approvals = approvals_;
+  if (spec.confidence.enabled && !spec.confidence.alternative_model.empty()) {
+    try {
+      links.alternative = model(spec.confidence.alternative_model);
+    } catch (const std::invalid_argument& ex) {
+      throw std::invalid_argument("agent '" + spec.name
+                                  + "': alternative model: " + ex.what());
+    }
+  }
   return links;
 }
 
@@ -295,6 +370,104 @@ std::future<run_result> runtime::submit(const runnable_actor& target,
   submit(target, make_task(std::move(goal), opts), opts.timeout,
          [promise](run_result r) { promise->set_value(std::move(r)); });
   return future;
+}
+
+budget_actor runtime::budget() const {
+  return budget_;
+}
+
+budget_snapshot runtime::budget_usage(const std::string& account) {
+  ensure_running("budget_usage");
+  budget_snapshot out;
+  caf::scoped_actor self{*sys_};
+  self->request(budget_, std::chrono::seconds{30}, bg_query_atom::value,
+                account)
+    .receive([&](budget_snapshot& s) { out = std::move(s); },
+             [&](caf::error& err) {
+               throw std::runtime_error("budget_usage: " + error_text(err));
+             });
+  return out;
+}
+
+approval_gate_actor runtime::approvals() const {
+  return approvals_;
+}
+
+std::vector<approval_request> runtime::pending_approvals() {
+  ensure_running("pending_approvals");
+  std::vector<approval_request> out;
+  caf::scoped_actor self{*sys_};
+  self->request(approvals_, std::chrono::seconds{30}, apr_list_atom::value)
+    .receive([&](std::vector<approval_request>& xs) { out = std::move(xs); },
+             [&](caf::error& err) {
+               throw std::runtime_error("pending_approvals: "
+                                        + error_text(err));
+             });
+  return out;
+}
+
+approval_request runtime::decide(const std::string& request_id,
+                                 approval_verdict verdict,
+                                 const std::string& who,
+                                 const std::string& note) {
+  ensure_running("decide");
+  approval_decision d;
+  d.request_id = request_id;
+  d.verdict = verdict;
+  d.who = who;
+  d.note = note;
+  approval_request out;
+  caf::scoped_actor self{*sys_};
+  self->request(approvals_, std::chrono::seconds{30}, apr_decide_atom::value,
+                std::move(d))
+    .receive([&](approval_request& r) { out = std::move(r); },
+             [&](caf::error& err) {
+               throw std::invalid_argument(error_text(err));
+             });
+  return out;
+}
+
+void runtime::on_approval_request(std::function<void(approval_request)> fn) {
+  ensure_running("on_approval_request");
+  auto watcher = sys_->spawn([fn = std::move(fn)](caf::event_based_actor*) {
+    return caf::behavior{[fn](approval_request& req) { fn(std::move(req)); }};
+  });
+  own(watcher.address());
+  caf::anon_send(approvals_, apr_watch_atom::value, watcher);
+}
+
+std::string runtime::breaker_state(const std::string& tool) {
+  ensure_running("breaker_state");
+  breaker_actor breaker;
+  {
+    auto def = tools_.find(tool);
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (def) {
+      auto i = breakers_.find(def->definition.name + "@"
+                              + def->definition.version);
+      if (i != breakers_.end())
+        breaker = i->second;
+    }
+  }
+  if (!breaker)
+    return "none";
+  std::string out;
+  caf::scoped_actor self{*sys_};
+  self->request(breaker, std::chrono::seconds{30}, br_state_atom::value)
+    .receive([&](std::string& state) { out = std::move(state); },
+             [&](caf::error& err) { out = "unknown: " + error_text(err); });
+  return out;
+}
+
+ledger_actor runtime::ledger() const {
+  return ledger_;
+}
+
+void runtime::set_policy(troupe::policy p) {
+  compile(p);
+  auto shared = std::make_shared<const troupe::policy>(std::move(p));
+  std::lock_guard<std::mutex> guard{mtx_};
+  policy_ = std::move(shared);
 }
 
 void runtime::flush_trace() {

@@ -31,6 +31,10 @@
 #include <caf/fwd.hpp>
 
 #include "actors/agent.hpp"
+#include "actors/approval_gate.hpp"
+#include "actors/budget.hpp"
+#include "actors/ledger.hpp"
+#include "actors/tool_guards.hpp"
 #include "actors/tracer.hpp"
 #include "messages/run.hpp"
 #include "runtime/tool_registry.hpp"
@@ -64,6 +68,19 @@ struct runtime_config {
   std::chrono::milliseconds shutdown_grace{std::chrono::seconds{5}};
   /// Loads CAF's middleman (needed for nodes; off saves a thread in tests).
   bool load_middleman = true;
+  /// The global budget (its limits, warning share) that every run's budget
+  /// nests in.
+  budget_config budget;
+  /// Model prices, for the cost of runs and money budgets.
+  price_table prices;
+  /// Rules every agent's tool calls are judged by; none = allow all.
+  troupe::policy policy;
+  /// The approval gate's settings.
+  approval_gate_config approvals;
+  /// How many completed tool calls the idempotency ledger keeps, how long.
+  ledger_config ledger;
+  /// Rate and concurrency limits per model name (as agents name them).
+  std::map<std::string, limiter_config> model_limits;
 };
 
 /// Per-run settings.
@@ -153,6 +170,40 @@ public:
   void submit(const runnable_actor& target, run_task task,
               std::chrono::milliseconds timeout, run_callback done);
 
+  /// The budget actor every run's budget nests in.
+  budget_actor budget() const;
+
+  /// What a budget account has used ("global" for the whole runtime; a run's
+  /// account is "RUN_ID/AGENT#N", a team's "RUN_ID/TEAM"). Blocks briefly.
+  budget_snapshot budget_usage(const std::string& account = global_budget_account);
+
+  /// The approval gate agents wait at.
+  approval_gate_actor approvals() const;
+
+  /// The requests waiting for a human, oldest first. Blocks briefly.
+  std::vector<approval_request> pending_approvals();
+
+  /// Decides a pending request; returns it. Throws std::invalid_argument when
+  /// no request of that id is pending.
+  approval_request decide(const std::string& request_id,
+                          approval_verdict verdict, const std::string& who,
+                          const std::string& note = "");
+
+  /// Calls `fn` (on an actor thread: keep it short, never block) with every
+  /// new approval request. Lasts until shutdown.
+  void on_approval_request(std::function<void(approval_request)> fn);
+
+  /// The state of a tool's circuit breaker: "closed", "open", "half_open",
+  /// or "none" when the tool has no breaker. Blocks briefly.
+  std::string breaker_state(const std::string& tool);
+
+  /// The idempotency ledger tool adapters record completed calls in.
+  ledger_actor ledger() const;
+
+  /// Replaces the policy for agents spawned from now on (compiled here;
+  /// throws policy_error when it is wrong).
+  void set_policy(troupe::policy p);
+
   /// Waits until every trace record sent so far is written.
   void flush_trace();
 
@@ -186,6 +237,9 @@ private:
   /// Checks a spec and resolves its model and tools (may load a script file).
   agent_links resolve(agent_spec& spec);
 
+  /// Puts the configured limiter (if any) in front of a model.
+  model_actor limit_model(const std::string& name, model_actor model);
+
   runtime_config cfg_;
   tool_registry tools_;
   std::unique_ptr<caf::actor_system_config> sys_cfg_;
@@ -193,9 +247,16 @@ private:
   std::shared_ptr<blocking_pool> blocking_;
   std::unique_ptr<io_pool> io_;
   tracer_actor tracer_;
+  budget_actor budget_;
+  ledger_actor ledger_;
+  approval_gate_actor approvals_;
+  std::shared_ptr<const price_table> prices_;
+  std::shared_ptr<const troupe::policy> policy_;
   mutable std::mutex mtx_;
   std::map<std::string, model_actor> models_;
   std::map<std::string, tool_actor> adapters_;
+  /// Breakers by tool name and version ("name@1.0.0").
+  std::map<std::string, breaker_actor> breakers_;
   std::vector<caf::actor_addr> owned_;
   bool stopped_ = false;
 };

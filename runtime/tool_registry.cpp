@@ -5,6 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "runtime/clock.hpp"
 #include "runtime/json_schema.hpp"
 
 namespace troupe {
@@ -93,6 +94,36 @@ int compare_versions(const std::string& a, const std::string& b) {
   return 0;
 }
 
+std::string idempotency_key(const idempotency_config& cfg,
+                            const tool_call& call) {
+  if (cfg.key)
+    return cfg.key(call);
+  json args = call.args.value;
+  if (!cfg.fields.empty() && args.is_object()) {
+    json picked = json::object();
+    for (const auto& field : cfg.fields)
+      if (auto i = args.find(field); i != args.end())
+        picked[field] = *i;
+    args = std::move(picked);
+  }
+  // Object keys are sorted in nlohmann::json, so equal arguments give equal
+  // text whatever order the model wrote them in.
+  std::string basis;
+  switch (cfg.scope) {
+    case idempotency_scope::call:
+      basis = call.ref.run_id + "|" + call.agent + "|"
+              + std::to_string(call.step) + "|";
+      break;
+    case idempotency_scope::run:
+      basis = call.ref.run_id + "|";
+      break;
+    case idempotency_scope::global:
+      break;
+  }
+  basis += call.name + "|" + safe_dump(args);
+  return call.name + ":" + stable_hash(basis);
+}
+
 tool_ptr tool_registry::add(tool_definition def) {
   if (def.name.empty())
     reject(def, "the name is empty");
@@ -102,6 +133,14 @@ tool_ptr tool_registry::add(tool_definition def) {
     reject(def, "it has no function to run");
   if (def.timeout.count() <= 0)
     reject(def, "the timeout must be positive");
+  try {
+    validate(def.guards, def.name);
+  } catch (const std::invalid_argument& e) {
+    reject(def, e.what());
+  }
+  for (const auto& field : def.idempotency.fields)
+    if (field.empty())
+      reject(def, "idempotency.fields must not contain an empty name");
   const auto& params = def.parameters;
   auto type = params.is_object() ? params.find("type") : params.end();
   if (!params.is_object() || type == params.end() || *type != "object")

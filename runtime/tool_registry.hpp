@@ -20,6 +20,7 @@
 #include "messages/json_value.hpp"
 #include "messages/model.hpp"
 #include "messages/tool.hpp"
+#include "actors/tool_guards.hpp"
 
 namespace troupe {
 
@@ -54,6 +55,30 @@ private:
   tool_error_kind kind_;
 };
 
+/// Which calls of a tool count as the same call (and so run once).
+enum class idempotency_scope : uint8_t {
+  /// The same run, agent, step, tool and arguments (the default).
+  call,
+  /// The same run, tool and arguments, at any step or agent.
+  run,
+  /// The same tool and arguments, in any run.
+  global,
+};
+
+/// How a tool's idempotency keys are made.
+struct idempotency_config {
+  idempotency_scope scope = idempotency_scope::call;
+  /// The arguments that make up the key; empty = all of them.
+  std::vector<std::string> fields;
+  /// Overrides the two above: the key of a call.
+  std::function<std::string(const tool_call&)> key;
+};
+
+/// The idempotency key of a call under a tool's configuration: a stable hash
+/// of what the scope and fields name (or the custom function's result).
+std::string idempotency_key(const idempotency_config& cfg,
+                            const tool_call& call);
+
 /// A tool body: gets validated arguments, returns the result as JSON. It runs
 /// on the runtime's blocking pool, never on an actor thread, so it may block.
 using tool_function = std::function<json(const json& args, const tool_context&)>;
@@ -76,6 +101,10 @@ struct tool_definition {
   /// locks held for long); the adapter then runs it in place and saves two
   /// thread hand-offs per call, but cannot enforce `timeout` on it.
   bool blocking = true;
+  /// Retries, circuit breaker, rate and concurrency limits (none by default).
+  tool_guards guards;
+  /// Which calls are the same call (see idempotency_config).
+  idempotency_config idempotency;
 };
 
 /// A registered tool with its compiled schema.

@@ -42,6 +42,7 @@ std::shared_ptr<team_run> open_team_run(team_base& st, run_task task,
                              });
   if (st.events.wants(event_kind::run_started))
     st.events.publish(started_event(st.team, task));
+  run->budget_account = task.ref.run_id + "/" + st.team;
   run->task = std::move(task);
   // Forget the runs already answered before remembering this one, so the
   // list stays as long as the runs in flight.
@@ -113,6 +114,8 @@ run_task member_task(const team_run& run, std::string goal, json context) {
   task.ref = run.task.ref;
   task.ref.span_id = run.span.empty() ? run.task.ref.span_id : run.span;
   task.budget = run.task.budget;
+  task.budget_scopes = run.task.budget_scopes;
+  task.budget_scopes.push_back({run.budget_account, run.task.budget});
   task.max_steps = run.task.max_steps;
   task.goal = std::move(goal);
   task.context = std::move(context);

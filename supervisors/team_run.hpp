@@ -40,6 +40,8 @@ struct team_run {
   run_result result;
   /// The team's invoke_agent span: the parent of its members' runs.
   std::string span;
+  /// The team's budget account for this run: its members' runs sit in it.
+  std::string budget_account;
   bool closed = false;
 };
 
@@ -61,7 +63,9 @@ void close_team_run(team_base& st, team_run& run, run_status status,
 void close_runs_on_exit(caf::scheduled_actor* self, team_base& st);
 
 /// The task a member gets: the team's identity, budget and deadline, the
-/// team's span as parent, and its own goal and context.
+/// team's span as parent, the team's budget account as the member's parent
+/// account (so the team's limits cap its members together), and its own goal
+/// and context.
 run_task member_task(const team_run& run, std::string goal,
                      json context = json::object());
 

@@ -310,9 +310,11 @@ SCENARIO("several tool calls in one reply run in parallel", "[agent]") {
   rt.add_model("m", spawn_recording_model(rt.system(), log, [](auto& req) {
                  if (step_of(req) > 1)
                    return answer("all met");
-                 return call_tools({proposed("meet", json::object()),
-                                    proposed("meet", json::object()),
-                                    proposed("meet", json::object())});
+                 // Distinct arguments: identical calls in one reply would be
+                 // one call (the same idempotency key).
+                 return call_tools({proposed("meet", {{"who", "a"}}),
+                                    proposed("meet", {{"who", "b"}}),
+                                    proposed("meet", {{"who", "c"}})});
                }));
   auto agent = rt.spawn_agent(spec_for("m", {"meet"}, 5, expected));
   auto r = rt.run(agent, "meet up");
@@ -351,7 +353,7 @@ SCENARIO("the per-agent limit bounds concurrent tool calls", "[agent]") {
                    return answer("done");
                  std::vector<model_tool_call> calls;
                  for (int i = 0; i < 6; ++i)
-                   calls.push_back(proposed("pair", json::object()));
+                   calls.push_back(proposed("pair", {{"i", i}}));
                  return call_tools(calls);
                }));
   auto agent = rt.spawn_agent(spec_for("m", {"pair"}, 5, 2));
