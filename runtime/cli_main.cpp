@@ -4,23 +4,42 @@
 //                                        then a timeline of who ran when
 //   troupe validate SWARM.json           check a swarm file and its scripts
 //   troupe tools                         list the builtin tools and their schemas
+//   troupe approvals list                list the requests waiting for a human
+//   troupe approvals approve ID          approve one (--as WHO, --note TEXT)
+//   troupe approvals deny ID --note WHY  deny one
 //
-// Exit codes: 0 the run completed; 1 the run ended without completing
-// (failed, halted, max_steps); 2 bad usage or a bad swarm file.
+// `troupe run --approvals HOST:PORT` serves the run's approval gate there;
+// `troupe approvals ... --connect HOST:PORT` reaches it. Both default to the
+// environment variable TROUPE_APPROVALS (the client then to 127.0.0.1:4343).
+//
+// Exit codes: 0 the run completed (or the approvals command did its job);
+// 1 the run ended without completing (failed, halted, max_steps) or the gate
+// refused a decision (no such pending request); 2 bad usage or a bad swarm
+// file; 3 the approval gate could not be reached.
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <caf/actor_system.hpp>
+#include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
+#include <caf/io/middleman.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "actors/events.hpp"
+#include "messages/type_ids.hpp"
+#include "runtime/approvals.hpp"
 #include "runtime/builtin_tools.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/guardrail_lines.hpp"
 #include "runtime/swarm.hpp"
 #include "runtime/timeline.hpp"
 
@@ -30,6 +49,7 @@ using troupe::json;
 
 constexpr int exit_incomplete = 1;
 constexpr int exit_bad_input = 2;
+constexpr int exit_unreachable = 3;
 
 std::string shorten(std::string text, size_t max = 120) {
   for (auto& c : text)
@@ -55,13 +75,28 @@ public:
     }
     if (line.empty())
       return;
-    std::lock_guard<std::mutex> guard{mtx_};
     auto t = rec.value("end_ns", rec.value("time_ns", rec.value("start_ns", 0LL)));
-    std::fprintf(stderr, "[%7.3fs] %s\n",
-                 static_cast<double>(t - start_ns_) / 1e9, line.c_str());
+    print(t, line);
+  }
+
+  /// A line for the agent events the trace does not show: a run pausing for
+  /// a human, a guardrail warning.
+  void operator()(const troupe::agent_event& ev) {
+    auto t = ev.time_ns != 0 ? ev.time_ns : troupe::now_ns();
+    if (ev.kind == troupe::event_kind::awaiting_approval)
+      print(t, "|| " + ev.source + " awaits approval: "
+                 + shorten(ev.detail, 200));
+    else if (ev.kind == troupe::event_kind::warning)
+      print(t, "! " + ev.source + ": " + shorten(ev.detail, 200));
   }
 
 private:
+  void print(int64_t time_ns, const std::string& line) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    std::fprintf(stderr, "[%7.3fs] %s\n",
+                 static_cast<double>(time_ns - start_ns_) / 1e9, line.c_str());
+  }
+
   static std::string describe(const json& rec) {
     static const json no_attrs = json::object();
     if (!rec.is_object())
@@ -93,6 +128,11 @@ private:
              + shorten(attrs.value("troupe.observation", ""));
     if (type == "event" && name.rfind("team.", 0) == 0)
       return describe_team_event(name, attrs);
+    // Pauses for approval and warnings come as agent events (below).
+    if (type == "event" && name != "approval.requested"
+        && name != "guardrail.warning")
+      if (auto line = troupe::describe_guardrail_event(rec); !line.empty())
+        return "  " + line;
     if (type == "event" && name == "agent.malformed_reply")
       return "  malformed reply: "
              + shorten(attrs.value("troupe.observation", ""));
@@ -151,17 +191,23 @@ private:
 
 int cmd_run(const std::string& swarm_path, const std::string& goal,
             const std::string& trace_path, bool quiet, bool as_json,
-            int timeout_s, int max_steps) {
+            int timeout_s, int max_steps, const std::string& approvals_addr) {
   troupe::swarm_definition def;
+  std::pair<std::string, uint16_t> approvals_at;
   try {
     def = troupe::load_swarm(swarm_path);
-  } catch (const troupe::swarm_error& ex) {
+    if (!approvals_addr.empty())
+      approvals_at = troupe::parse_host_port(approvals_addr);
+  } catch (const std::exception& ex) {
     std::cerr << "error: " << ex.what() << "\n";
     return exit_bad_input;
   }
   troupe::runtime_config cfg;
+  // The swarm's budget, prices, policy and model limits.
+  troupe::configure(cfg, def);
   cfg.trace_path = trace_path;
-  cfg.load_middleman = false;
+  // The middleman (a thread, a socket multiplexer) only to serve approvals.
+  cfg.load_middleman = !approvals_addr.empty();
   auto view = std::make_shared<progress_view>(troupe::now_ns());
   troupe::timeline chart;
   if (!quiet) {
@@ -181,6 +227,29 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
   } catch (const std::exception& ex) {
     std::cerr << "error: " << ex.what() << "\n";
     return exit_bad_input;
+  }
+  if (!approvals_addr.empty()) {
+    try {
+      auto& [host, port] = approvals_at;
+      auto bound = troupe::publish_approval_gate(rt->system(), rt->approvals(),
+                                                 host, port);
+      // Tests and scripts read the real port from this line (port 0 = any).
+      std::cerr << "approvals: listening on "
+                << (host.find(':') != std::string::npos ? "[" + host + "]"
+                                                        : host)
+                << ":" << bound << std::endl;
+    } catch (const std::exception& ex) {
+      std::cerr << "error: " << ex.what() << "\n";
+      return exit_bad_input;
+    }
+  }
+  if (!quiet) {
+    constexpr auto mask = troupe::mask_of(troupe::event_kind::awaiting_approval)
+                          | troupe::mask_of(troupe::event_kind::warning);
+    for (const auto& [name, agent] : swarm.agents)
+      rt->adopt(troupe::spawn_event_observer(
+        rt->system(), agent, mask,
+        [view](const troupe::agent_event& ev) { (*view)(ev); }));
   }
   if (!quiet) {
     std::string entry = "agent '" + def.entry + "'";
@@ -209,6 +278,9 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
               << result.steps.size() << " step(s), "
               << result.usage.input_tokens << " input + "
               << result.usage.output_tokens << " output tokens"
+              << (result.cost_nusd > 0
+                    ? ", $" + std::to_string(troupe::nusd_to_usd(result.cost_nusd))
+                    : std::string{})
               << (trace_path.empty() ? "" : ", trace in " + trace_path) << "\n";
   if (result.status != troupe::run_status::complete) {
     std::cerr << "error: run " << result.run_id << " ended "
@@ -250,6 +322,114 @@ int cmd_tools() {
   return 0;
 }
 
+/// A duration for people: "850ms", "42s", "14m08s", "3h05m".
+std::string human_ms(int64_t ms) {
+  if (ms < 0)
+    ms = 0;
+  char buf[32];
+  if (ms < 1000)
+    std::snprintf(buf, sizeof(buf), "%lldms", static_cast<long long>(ms));
+  else if (ms < 60'000)
+    std::snprintf(buf, sizeof(buf), "%llds", static_cast<long long>(ms / 1000));
+  else if (ms < 3'600'000)
+    std::snprintf(buf, sizeof(buf), "%lldm%02llds",
+                  static_cast<long long>(ms / 60'000),
+                  static_cast<long long>(ms / 1000 % 60));
+  else
+    std::snprintf(buf, sizeof(buf), "%lldh%02lldm",
+                  static_cast<long long>(ms / 3'600'000),
+                  static_cast<long long>(ms / 60'000 % 60));
+  return buf;
+}
+
+/// Connects to the approval gate at `address` and calls `fn` with a client.
+/// Exit codes: 2 for a bad address, 3 when the gate cannot be reached, 1 when
+/// `fn` throws (the gate refused or did not answer), else what `fn` returns.
+template <class F>
+int with_approval_client(const std::string& address, int timeout_s, F fn) {
+  std::pair<std::string, uint16_t> at;
+  try {
+    at = troupe::parse_host_port(address);
+  } catch (const std::invalid_argument& ex) {
+    std::cerr << "error: " << ex.what() << "\n";
+    return exit_bad_input;
+  }
+  caf::actor_system_config cfg;
+  troupe::register_messages(cfg);
+  cfg.load<caf::io::middleman>();
+  cfg.set("logger.console-verbosity", caf::atom("quiet"));
+  cfg.set("scheduler.max-threads", 2);
+  caf::actor_system sys{cfg};
+  std::unique_ptr<troupe::approval_client> client;
+  try {
+    client = std::make_unique<troupe::approval_client>(
+      sys, at.first, at.second, std::chrono::seconds{timeout_s});
+  } catch (const std::exception& ex) {
+    std::cerr << "error: " << ex.what() << "\n";
+    return exit_unreachable;
+  }
+  try {
+    return fn(*client);
+  } catch (const std::exception& ex) {
+    std::cerr << "error: " << ex.what() << "\n";
+    return exit_incomplete;
+  }
+}
+
+int cmd_approvals_list(const std::string& address, int timeout_s) {
+  return with_approval_client(address, timeout_s, [](troupe::approval_client&
+                                                       client) {
+    auto pending = client.list();
+    if (pending.empty()) {
+      std::cout << "no pending approval requests\n";
+      return 0;
+    }
+    auto now = troupe::now_ms();
+    for (size_t i = 0; i < pending.size(); ++i) {
+      const auto& r = pending[i];
+      auto age = now - r.created_ms;
+      auto left = r.created_ms + r.ttl_ms - now;
+      std::cout << (i == 0 ? "" : "\n") << r.request_id << "  " << r.agent
+                << "  " << r.action << "  waiting " << human_ms(age) << ", "
+                << human_ms(left) << " left\n"
+                << "  args:   " << troupe::safe_dump(r.args.value) << "\n"
+                << "  reason: " << r.reason << "\n";
+      if (!r.ref.run_id.empty())
+        std::cout << "  run:    " << r.ref.run_id
+                  << (r.ref.principal.empty() ? "" : " for " + r.ref.principal)
+                  << "\n";
+    }
+    std::cout << pending.size() << " pending approval request"
+              << (pending.size() == 1 ? "" : "s") << " at " << client.address()
+              << "\n";
+    return 0;
+  });
+}
+
+int cmd_approvals_decide(const std::string& address, int timeout_s,
+                         const std::string& id,
+                         troupe::approval_verdict verdict,
+                         const std::string& who, const std::string& note) {
+  return with_approval_client(address, timeout_s, [&](troupe::approval_client&
+                                                        client) {
+    auto r = client.decide(id, verdict, who, note);
+    std::cout << (verdict == troupe::approval_verdict::approve ? "approved "
+                                                               : "denied ")
+              << r.request_id << ": " << r.action << " "
+              << shorten(troupe::safe_dump(r.args.value), 200) << " for "
+              << r.agent << ", as " << (who.empty() ? "unknown" : who)
+              << (note.empty() ? "" : ": " + note) << "\n";
+    return 0;
+  });
+}
+
+/// Who decides when --as is not given: the login name, else "cli".
+std::string default_decider() {
+  if (const char* user = std::getenv("USER"); user != nullptr && *user != 0)
+    return user;
+  return "cli";
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -276,6 +456,12 @@ int main(int argc, char** argv) {
   run->add_option("--max-steps", max_steps,
                   "Lower every agent's step limit to N")
     ->check(CLI::Range(1, 10000));
+  std::string serve_approvals;
+  run->add_option("--approvals", serve_approvals,
+                  "Serve the run's approval gate on HOST:PORT (port 0 = any "
+                  "free port; the bound address is printed on stderr) so "
+                  "`troupe approvals` can decide from another shell")
+    ->envname("TROUPE_APPROVALS");
 
   auto* validate = app.add_subcommand(
     "validate", "Check a swarm file and the scripts it names, then exit");
@@ -284,6 +470,44 @@ int main(int argc, char** argv) {
     ->required();
 
   auto* tools = app.add_subcommand("tools", "List the builtin tools");
+
+  auto* approvals = app.add_subcommand(
+    "approvals", "List, approve or deny the actions a running swarm's agents "
+                 "wait to have approved (the run must serve its gate: troupe "
+                 "run --approvals HOST:PORT)");
+  approvals->require_subcommand(1);
+  std::string connect = troupe::default_approvals_address;
+  int approvals_timeout_s = 10;
+  std::string decision_id, decider = default_decider(), note;
+  auto client_options = [&](CLI::App* cmd) {
+    cmd->add_option("--connect", connect,
+                    "The gate's HOST:PORT (default: the environment variable "
+                    "TROUPE_APPROVALS, else 127.0.0.1:4343)")
+      ->envname("TROUPE_APPROVALS");
+    cmd->add_option("--timeout", approvals_timeout_s,
+                    "Give up waiting for the gate after SECONDS (default 10)")
+      ->check(CLI::Range(1, 3600));
+  };
+  auto* apr_list = approvals->add_subcommand(
+    "list", "Print the pending requests, oldest first");
+  client_options(apr_list);
+  auto* apr_approve = approvals->add_subcommand(
+    "approve", "Approve a pending request: the agent goes on with the action");
+  apr_approve->add_option("id", decision_id, "The request's id (apr-...)")
+    ->required();
+  apr_approve->add_option("--as", decider,
+                          "Who decides (default: $USER, else \"cli\")");
+  apr_approve->add_option("--note", note, "A note for the agent and the trace");
+  client_options(apr_approve);
+  auto* apr_deny = approvals->add_subcommand(
+    "deny", "Deny a pending request: the agent is told why and goes on "
+            "without the action");
+  apr_deny->add_option("id", decision_id, "The request's id (apr-...)")
+    ->required();
+  apr_deny->add_option("--note", note, "Why (the agent reads it)")->required();
+  apr_deny->add_option("--as", decider,
+                       "Who decides (default: $USER, else \"cli\")");
+  client_options(apr_deny);
 
   try {
     app.parse(argc, argv);
@@ -296,7 +520,14 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(log_level));
   if (*run)
     return cmd_run(swarm_path, goal, trace_path, quiet, as_json, timeout_s,
-                   max_steps);
+                   max_steps, serve_approvals);
+  if (*apr_list)
+    return cmd_approvals_list(connect, approvals_timeout_s);
+  if (*apr_approve || *apr_deny)
+    return cmd_approvals_decide(connect, approvals_timeout_s, decision_id,
+                                *apr_approve ? troupe::approval_verdict::approve
+                                             : troupe::approval_verdict::deny,
+                                decider, note);
   if (*validate)
     return cmd_validate(validate_path);
   if (*tools)

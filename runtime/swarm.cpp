@@ -1,6 +1,7 @@
 #include "runtime/swarm.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,13 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* scripted_prefix = "scripted:";
+
+/// A number as short text for messages: 0.8, 1e+09.
+std::string format_number(double x) {
+  std::ostringstream out;
+  out << x;
+  return out.str();
+}
 
 /// Reads fields of one JSON object, naming file and pointer in every error.
 class object_reader {
@@ -154,16 +162,269 @@ std::string resolve_path(const std::string& path, const std::string& base_dir) {
   return (fs::path{base_dir} / p).lexically_normal().string();
 }
 
+/// A number in [min, max] (a share, a rate).
+double number(const object_reader& r, const std::string& key, double fallback,
+              double min, double max) {
+  if (!r.has(key))
+    return fallback;
+  const auto& v = r.get(key);
+  if (!v.is_number())
+    r.fail(r.at(key), std::string{"must be a number, got "} + v.type_name());
+  auto x = v.get<double>();
+  if (!(x >= min && x <= max))
+    r.fail(r.at(key), "must be between " + format_number(min) + " and "
+                        + format_number(max) + ", got " + format_number(x));
+  return x;
+}
+
+bool boolean(const object_reader& r, const std::string& key, bool fallback) {
+  if (!r.has(key))
+    return fallback;
+  const auto& v = r.get(key);
+  if (!v.is_boolean())
+    r.fail(r.at(key), std::string{"must be true or false, got "}
+                        + v.type_name());
+  return v.get<bool>();
+}
+
+std::chrono::milliseconds millis(const object_reader& r, const std::string& key,
+                                 std::chrono::milliseconds fallback,
+                                 int64_t min = 0) {
+  return std::chrono::milliseconds{
+    r.integer(key, fallback.count(), min, 7 * 24 * 3600 * 1000LL)};
+}
+
+/// An enum field read through its JSON names.
+template <class Enum>
+Enum enum_value(const object_reader& r, const std::string& key, Enum fallback) {
+  if (!r.has(key))
+    return fallback;
+  try {
+    return r.get(key).get<Enum>();
+  } catch (const std::exception& ex) {
+    r.fail(r.at(key), ex.what());
+  }
+}
+
+std::vector<tool_error_kind> error_kinds(const object_reader& r,
+                                         const std::string& key,
+                                         std::vector<tool_error_kind> fallback) {
+  if (!r.has(key))
+    return fallback;
+  const auto& v = r.get(key);
+  if (!v.is_array())
+    r.fail(r.at(key), "must be an array of error kinds");
+  std::vector<tool_error_kind> out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    try {
+      out.push_back(v[i].get<tool_error_kind>());
+    } catch (const std::exception& ex) {
+      r.fail(append_pointer(r.at(key), std::to_string(i)), ex.what());
+    }
+  }
+  return out;
+}
+
+limiter_config parse_limits(const json& doc, const std::string& pointer,
+                            const std::string& origin) {
+  object_reader r{origin, pointer, doc};
+  r.only({"rate_per_sec", "burst", "max_concurrent", "max_concurrent_per_agent",
+          "max_wait_ms", "max_queue"});
+  limiter_config out;
+  out.rate_per_sec = number(r, "rate_per_sec", 0, 0, 1e9);
+  out.burst = static_cast<int32_t>(r.integer("burst", 1, 1, 1000000));
+  out.max_concurrent =
+    static_cast<int32_t>(r.integer("max_concurrent", 0, 0, 1000000));
+  out.max_concurrent_per_agent =
+    static_cast<int32_t>(r.integer("max_concurrent_per_agent", 0, 0, 1000000));
+  out.max_wait = millis(r, "max_wait_ms", out.max_wait);
+  out.max_queue = static_cast<int32_t>(r.integer("max_queue", out.max_queue, 0,
+                                                 100000000));
+  return out;
+}
+
+/// A tool's entry under /tools: a builtin's settings or a declared tool,
+/// with its guards.
+tool_declaration parse_tool(const std::string& name, const json& doc,
+                            const std::string& pointer,
+                            const std::string& origin,
+                            const std::string& base_dir) {
+  object_reader r{origin, pointer, doc};
+  tool_declaration t;
+  t.name = name;
+  auto builtins = builtin_tool_names();
+  bool builtin = std::find(builtins.begin(), builtins.end(), name)
+                 != builtins.end();
+  t.kind = r.str("kind", !builtin, "builtin");
+  if (builtin && t.kind != "builtin")
+    r.fail(r.at("kind"), "'" + name + "' is a builtin tool; pick another "
+                         "name for a " + t.kind + " tool");
+  if (t.kind == "builtin") {
+    if (name == "kv_lookup") {
+      r.only({"kind", "file", "timeout_ms", "retry", "breaker", "limits",
+              "idempotency"});
+      t.settings["file"] = resolve_path(r.str("file", true), base_dir);
+    } else {
+      r.only({"kind", "timeout_ms", "retry", "breaker", "limits",
+              "idempotency"});
+    }
+  } else if (t.kind == "lookup") {
+    r.only({"kind", "description", "file", "key", "timeout_ms", "retry",
+            "breaker", "limits", "idempotency"});
+    t.settings = {{"description", r.str("description", false)},
+                  {"file", resolve_path(r.str("file", true), base_dir)},
+                  {"key", r.str("key", false, "id")}};
+    if (t.settings["key"].get<std::string>().empty())
+      r.fail(r.at("key"), "must not be empty");
+  } else if (t.kind == "journal") {
+    r.only({"kind", "description", "file", "parameters", "result",
+            "fail_first", "failure", "delay_first", "delay_ms", "timeout_ms",
+            "retry", "breaker", "limits", "idempotency"});
+    // Relative to the working directory: a run never writes into the
+    // swarm's own folder.
+    t.settings = {{"description", r.str("description", false)},
+                  {"file", r.str("file", true)},
+                  {"result", r.str("result", false, "done")},
+                  {"fail_first", r.integer("fail_first", 0, 0, 1000000)},
+                  {"delay_first", r.integer("delay_first", 0, 0, 1000000)},
+                  {"delay_ms", r.integer("delay_ms", 0, 0, 600000)}};
+    auto failure = enum_value(r, "failure", tool_error_kind::transient);
+    if (failure != tool_error_kind::transient
+        && failure != tool_error_kind::permanent)
+      r.fail(r.at("failure"), "must be \"transient\" or \"permanent\"");
+    t.settings["failure"] = failure;
+    if (r.has("parameters")) {
+      const auto& params = r.get("parameters");
+      try {
+        json_schema check{params};
+      } catch (const std::exception& ex) {
+        r.fail(r.at("parameters"), ex.what());
+      }
+      if (!params.is_object() || params.value("type", "") != "object")
+        r.fail(r.at("parameters"), "must be an object schema "
+                                   "({\"type\": \"object\", ...})");
+      t.settings["parameters"] = params;
+    }
+  } else {
+    r.fail(r.at("kind"), "unknown tool kind '" + t.kind
+                           + "' (expected lookup or journal)");
+  }
+  t.timeout = millis(r, "timeout_ms", std::chrono::milliseconds{0}, 0);
+  if (r.has("retry")) {
+    object_reader x{origin, r.at("retry"), r.get("retry")};
+    x.only({"max_retries", "backoff", "base_ms", "cap_ms",
+            "attempt_timeout_ms", "retry_on"});
+    auto& p = t.guards.retry;
+    p.max_retries = static_cast<int32_t>(x.integer("max_retries", 3, 0, 100));
+    auto backoff = x.str("backoff", false, "exponential_jitter");
+    if (backoff == "constant")
+      p.backoff = backoff_kind::constant;
+    else if (backoff == "linear")
+      p.backoff = backoff_kind::linear;
+    else if (backoff == "exponential_jitter")
+      p.backoff = backoff_kind::exponential_jitter;
+    else
+      x.fail(x.at("backoff"), "unknown backoff '" + backoff
+                                + "' (expected constant, linear or "
+                                  "exponential_jitter)");
+    p.base = millis(x, "base_ms", p.base);
+    p.cap = millis(x, "cap_ms", p.cap);
+    p.attempt_timeout = millis(x, "attempt_timeout_ms", p.attempt_timeout);
+    p.retry_on = error_kinds(x, "retry_on", p.retry_on);
+  }
+  if (r.has("breaker")) {
+    object_reader x{origin, r.at("breaker"), r.get("breaker")};
+    x.only({"failure_threshold", "cooldown_ms", "half_open_probes", "trip_on"});
+    auto& b = t.guards.breaker;
+    b.failure_threshold =
+      static_cast<int32_t>(x.integer("failure_threshold", 5, 1, 1000000));
+    b.cooldown = millis(x, "cooldown_ms", b.cooldown, 1);
+    b.half_open_probes =
+      static_cast<int32_t>(x.integer("half_open_probes", 1, 1, 1000));
+    b.trip_on = error_kinds(x, "trip_on", b.trip_on);
+  }
+  if (r.has("limits"))
+    t.guards.limits = parse_limits(r.get("limits"), r.at("limits"), origin);
+  if (r.has("idempotency")) {
+    object_reader x{origin, r.at("idempotency"), r.get("idempotency")};
+    x.only({"scope", "fields"});
+    auto scope = x.str("scope", false, "call");
+    if (scope == "call")
+      t.idempotency.scope = idempotency_scope::call;
+    else if (scope == "run")
+      t.idempotency.scope = idempotency_scope::run;
+    else if (scope == "global")
+      t.idempotency.scope = idempotency_scope::global;
+    else
+      x.fail(x.at("scope"), "unknown scope '" + scope
+                              + "' (expected call, run or global)");
+    t.idempotency.fields = x.names("fields", false);
+  }
+  try {
+    validate(t.guards, name);
+  } catch (const std::invalid_argument& ex) {
+    r.fail(pointer, ex.what());
+  }
+  return t;
+}
+
+budget_limits parse_limits_of_budget(const object_reader& r) {
+  budget_limits out;
+  out.max_steps = r.integer("max_steps", 0, 0, INT64_MAX);
+  out.max_input_tokens = r.integer("max_input_tokens", 0, 0, INT64_MAX);
+  out.max_output_tokens = r.integer("max_output_tokens", 0, 0, INT64_MAX);
+  out.max_cost_usd = number(r, "max_cost_usd", 0, 0, 1e12);
+  return out;
+}
+
 agent_spec parse_agent(const json& doc,
                        const std::string& pointer, const std::string& origin,
                        const std::string& default_model,
-                       const std::string& base_dir) {
+                       const std::string& base_dir,
+                       const std::set<std::string>& known) {
   object_reader r{origin, pointer, doc};
-  r.only({"name", "system_prompt", "model", "tools", "max_steps",
-          "max_parallel_tools", "model_timeout_ms", "model_params"});
+  r.only({"name", "role", "system_prompt", "model", "tools", "max_steps",
+          "max_parallel_tools", "model_timeout_ms", "model_params",
+          "usage_estimate", "confidence", "loops", "approval_ttl_ms"});
   agent_spec spec;
   spec.name = r.name("name");
+  spec.role = r.str("role", false);
   spec.system_prompt = r.str("system_prompt", false);
+  if (r.has("usage_estimate")) {
+    object_reader x{origin, r.at("usage_estimate"), r.get("usage_estimate")};
+    x.only({"input_tokens", "output_tokens"});
+    spec.usage_estimate.input_tokens =
+      x.integer("input_tokens", 0, 0, 1000000000);
+    spec.usage_estimate.output_tokens =
+      x.integer("output_tokens", 0, 0, 1000000000);
+  }
+  if (r.has("confidence")) {
+    object_reader x{origin, r.at("confidence"), r.get("confidence")};
+    x.only({"field", "execute_at", "clarify_at", "alternative_at",
+            "alternative_model", "max_reroutes"});
+    auto& c = spec.confidence;
+    c.enabled = true;
+    c.field = x.str("field", false, c.field);
+    c.execute_at = number(x, "execute_at", c.execute_at, 0, 1);
+    c.clarify_at = number(x, "clarify_at", c.clarify_at, 0, 1);
+    c.alternative_at = number(x, "alternative_at", c.alternative_at, 0, 1);
+    if (!(c.alternative_at <= c.clarify_at && c.clarify_at <= c.execute_at))
+      x.fail(x.pointer(), "thresholds must satisfy alternative_at <= "
+                          "clarify_at <= execute_at");
+    c.alternative_model = resolve_model(x.str("alternative_model", false),
+                                        base_dir);
+    c.max_reroutes = static_cast<int32_t>(x.integer("max_reroutes", 2, 0, 100));
+  }
+  if (r.has("loops")) {
+    object_reader x{origin, r.at("loops"), r.get("loops")};
+    x.only({"repeat_threshold", "stall_steps", "halt"});
+    spec.loops.repeat_threshold = static_cast<int32_t>(
+      x.integer("repeat_threshold", spec.loops.repeat_threshold, 0, 1000));
+    spec.loops.stall_steps = static_cast<int32_t>(
+      x.integer("stall_steps", spec.loops.stall_steps, 0, 1000));
+    spec.loops.halt = boolean(x, "halt", false);
+  }
+  spec.approval_ttl = millis(r, "approval_ttl_ms", spec.approval_ttl, 1);
   spec.model = resolve_model(r.str("model", false, default_model), base_dir);
   if (spec.model.empty())
     r.fail(pointer, "agent '" + spec.name
@@ -183,18 +444,18 @@ agent_spec parse_agent(const json& doc,
     if (!tools.is_array())
       r.fail(r.at("tools"), std::string{"must be an array of tool names, got "}
                               + tools.type_name());
-    auto known = builtin_tool_names();
     std::set<std::string> seen;
     for (size_t i = 0; i < tools.size(); ++i) {
       auto at = append_pointer(r.at("tools"), std::to_string(i));
       if (!tools[i].is_string())
         r.fail(at, "must be a tool name (a string)");
       auto name = tools[i].get<std::string>();
-      if (std::find(known.begin(), known.end(), name) == known.end()) {
+      if (known.count(name) == 0) {
         std::string list;
         for (auto& k : known)
           list += (list.empty() ? "" : ", ") + k;
-        r.fail(at, "unknown tool '" + name + "' (builtin tools: " + list + ")");
+        r.fail(at, "unknown tool '" + name + "' (builtin tools and the "
+                   "tools of /tools: " + list + ")");
       }
       if (!seen.insert(name).second)
         r.fail(at, "tool '" + name + "' is listed twice");
@@ -408,7 +669,8 @@ std::vector<std::string> team_definition::members() const {
 swarm_definition parse_swarm(const json& doc, const std::string& origin,
                              const std::string& base_dir) {
   object_reader r{origin, "", doc};
-  r.only({"name", "description", "model", "tools", "agents", "teams", "entry"});
+  r.only({"name", "description", "model", "tools", "agents", "teams", "entry",
+          "budget", "prices", "policy", "model_limits"});
   swarm_definition def;
   def.origin = origin;
   def.name = r.str("name", false, fs::path{origin}.stem().string());
@@ -419,11 +681,58 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
   const auto& agents = r.get("agents");
   if (!agents.is_array() || agents.empty())
     r.fail("/agents", "must be a non-empty array of agents");
+  // Tools first: agents may name the tools declared here.
+  auto builtins = builtin_tool_names();
+  std::set<std::string> known(builtins.begin(), builtins.end());
+  if (r.has("tools")) {
+    object_reader tools{origin, "/tools", r.get("tools")};
+    for (auto& item : r.get("tools").items()) {
+      if (item.key().empty())
+        tools.fail("/tools", "a tool name must not be empty");
+      def.tools.emplace(item.key(),
+                        parse_tool(item.key(), item.value(),
+                                   tools.at(item.key()), origin, base_dir));
+      known.insert(item.key());
+    }
+  }
+  if (r.has("budget")) {
+    object_reader b{origin, "/budget", r.get("budget")};
+    b.only({"max_steps", "max_input_tokens", "max_output_tokens",
+            "max_cost_usd", "warn_share"});
+    def.budget.global = parse_limits_of_budget(b);
+    def.budget.warn_share = number(b, "warn_share", 0.8, 0.01, 1);
+  }
+  if (r.has("prices")) {
+    object_reader prices{origin, "/prices", r.get("prices")};
+    for (auto& item : r.get("prices").items()) {
+      object_reader x{origin, prices.at(item.key()), item.value()};
+      x.only({"input_usd_per_mtok", "output_usd_per_mtok"});
+      model_price price;
+      price.input_usd_per_mtok = number(x, "input_usd_per_mtok", 0, 0, 1e6);
+      price.output_usd_per_mtok = number(x, "output_usd_per_mtok", 0, 0, 1e6);
+      if (item.key().empty())
+        prices.fail("/prices", "a model name must not be empty");
+      def.prices.set(resolve_model(item.key(), base_dir), price);
+    }
+  }
+  if (r.has("policy")) {
+    try {
+      def.rules = parse_policy(r.get("policy"), origin, "/policy");
+    } catch (const policy_error& ex) {
+      throw swarm_error(ex.what());
+    }
+  }
+  if (r.has("model_limits")) {
+    object_reader limits{origin, "/model_limits", r.get("model_limits")};
+    for (auto& item : r.get("model_limits").items())
+      def.model_limits[resolve_model(item.key(), base_dir)] =
+        parse_limits(item.value(), limits.at(item.key()), origin);
+  }
   std::set<std::string> names;
   for (size_t i = 0; i < agents.size(); ++i) {
     auto pointer = "/agents/" + std::to_string(i);
     auto spec = parse_agent(agents[i], pointer, origin, default_model,
-                            base_dir);
+                            base_dir, known);
     if (!names.insert(spec.name).second)
       r.fail(pointer + "/name", "agent name '" + spec.name + "' is used twice");
     def.agents.push_back(std::move(spec));
@@ -446,27 +755,62 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
                              [&](const auto& t) { return t.name == def.entry; });
   if (names.count(def.entry) == 0 && !is_team)
     r.fail("/entry", "no agent or team is named '" + def.entry + "'");
-  // Builtin tool settings.
   std::set<std::string> used;
   for (auto& a : def.agents)
     used.insert(a.tools.begin(), a.tools.end());
-  if (r.has("tools")) {
-    object_reader tools{origin, "/tools", r.get("tools")};
-    for (auto& item : r.get("tools").items()) {
-      auto at = tools.at(item.key());
-      if (item.key() != "kv_lookup")
-        tools.fail(at, "tool '" + item.key() + "' takes no settings");
-      object_reader kv{origin, at, item.value()};
-      kv.only({"file"});
-      auto file = kv.str("file", true);
-      def.tool_settings[item.key()] =
-        json{{"file", resolve_path(file, base_dir)}};
-    }
-  }
-  if (used.count("kv_lookup") && !def.tool_settings.count("kv_lookup"))
+  if (used.count("kv_lookup") && !def.tools.count("kv_lookup"))
     r.fail("/tools", "an agent uses kv_lookup, so /tools/kv_lookup/file must "
                      "name its JSON file");
   return def;
+}
+
+namespace {
+
+/// The tool a declaration describes, with its guards (loads its files).
+tool_definition tool_of(const tool_declaration& decl) {
+  tool_definition def;
+  const auto& set = decl.settings;
+  if (decl.kind == "lookup") {
+    def = lookup_tool(decl.name, set.at("description").get<std::string>(),
+                      set.at("file").get<std::string>(),
+                      set.at("key").get<std::string>());
+  } else if (decl.kind == "journal") {
+    journal_settings js;
+    js.description = set.at("description").get<std::string>();
+    js.file = set.at("file").get<std::string>();
+    js.result = set.at("result").get<std::string>();
+    js.fail_first = set.at("fail_first").get<int32_t>();
+    js.failure = set.at("failure").get<tool_error_kind>();
+    js.delay_first = set.at("delay_first").get<int32_t>();
+    js.delay = std::chrono::milliseconds{set.at("delay_ms").get<int64_t>()};
+    if (set.contains("parameters"))
+      js.parameters = set.at("parameters");
+    def = journal_tool(decl.name, std::move(js));
+  } else if (decl.name == "kv_lookup") {
+    def = kv_lookup_tool(set.at("file").get<std::string>());
+  } else if (decl.name == "calculator") {
+    def = calculator_tool();
+  } else {
+    def = clock_tool();
+  }
+  if (decl.timeout.count() > 0)
+    def.timeout = decl.timeout;
+  def.guards = decl.guards;
+  def.idempotency = decl.idempotency;
+  return def;
+}
+
+} // namespace
+
+void configure(runtime_config& cfg, const swarm_definition& def) {
+  cfg.budget = def.budget;
+  for (const auto& [model, price] : def.prices.all())
+    cfg.prices.set(model, price);
+  if (!def.rules.rules.empty()
+      || def.rules.default_decision != policy_decision::allow)
+    cfg.policy = def.rules;
+  for (const auto& [model, limits] : def.model_limits)
+    cfg.model_limits[model] = limits;
 }
 
 swarm_definition load_swarm(const std::string& path) {
@@ -495,9 +839,11 @@ swarm_definition load_swarm(const std::string& path) {
                         + "/model: " + ex.what());
     }
   }
-  for (auto& [name, settings] : def.tool_settings) {
+  for (auto& [name, decl] : def.tools) {
+    if (decl.kind == "journal")
+      continue; // opened at run time: checking would create its file
     try {
-      kv_lookup_tool(settings.at("file").get<std::string>());
+      tool_of(decl);
     } catch (const std::exception& ex) {
       throw swarm_error(path + ": /tools/" + name + "/file: " + ex.what());
     }
@@ -587,13 +933,11 @@ swarm_instance instantiate(runtime& rt, const swarm_definition& def) {
     for (auto& name : used) {
       if (rt.tools().find(name))
         continue;
-      if (name == "calculator")
-        rt.tools().add(calculator_tool());
-      else if (name == "clock")
-        rt.tools().add(clock_tool());
-      else if (name == "kv_lookup")
-        rt.tools().add(kv_lookup_tool(
-          def.tool_settings.at("kv_lookup").at("file").get<std::string>()));
+      auto decl = def.tools.find(name);
+      rt.tools().add(decl != def.tools.end()
+                       ? tool_of(decl->second)
+                       : tool_of(tool_declaration{name, "builtin", json::object(),
+                                                  {}, {}, {}}));
     }
     swarm_instance out;
     for (auto& spec : def.agents)

@@ -24,6 +24,10 @@
 #include <vector>
 
 #include "actors/agent.hpp"
+#include "actors/budget.hpp"
+#include "actors/tool_guards.hpp"
+#include "runtime/policy.hpp"
+#include "runtime/tool_registry.hpp"
 #include "messages/json_value.hpp"
 #include "messages/run.hpp"
 #include "supervisors/teams.hpp"
@@ -31,6 +35,7 @@
 namespace troupe {
 
 class runtime;
+struct runtime_config;
 
 /// A swarm file is unreadable or wrong; what() names the file and the field.
 class swarm_error : public std::invalid_argument {
@@ -72,13 +77,34 @@ struct team_definition {
   std::vector<std::string> members() const;
 };
 
+/// A tool a swarm file declares or configures under /tools: a builtin
+/// (calculator, clock, kv_lookup) with settings, or one of the declarative
+/// kinds (lookup, journal; see docs/swarm-files.md), with its guards.
+struct tool_declaration {
+  std::string name;
+  /// "builtin", "lookup" or "journal".
+  std::string kind = "builtin";
+  /// The kind's own settings (files already resolved to full paths).
+  json settings = json::object();
+  /// 0 = the tool's default.
+  std::chrono::milliseconds timeout{0};
+  tool_guards guards;
+  idempotency_config idempotency;
+};
+
 /// A parsed, checked swarm file.
 struct swarm_definition {
   std::string origin;
   std::string name;
   std::string description;
-  /// Settings of builtin tools, by tool name.
-  std::map<std::string, json> tool_settings;
+  /// Every tool of /tools, by name.
+  std::map<std::string, tool_declaration> tools;
+  /// The global budget (/budget), model prices (/prices), the policy
+  /// (/policy) and model limits (/model_limits); see configure().
+  budget_config budget;
+  price_table prices;
+  troupe::policy rules;
+  std::map<std::string, limiter_config> model_limits;
   std::vector<agent_spec> agents;
   /// Teams, in an order where every team comes after the teams it contains.
   std::vector<team_definition> teams;
@@ -94,6 +120,10 @@ swarm_definition load_swarm(const std::string& path);
 /// resolves relative paths. Throws swarm_error.
 swarm_definition parse_swarm(const json& doc, const std::string& origin,
                              const std::string& base_dir);
+
+/// Puts a swarm's global budget, prices, policy and model limits into the
+/// config of the runtime that will run it.
+void configure(runtime_config& cfg, const swarm_definition& def);
 
 /// A swarm's agents and teams, spawned.
 struct swarm_instance {
