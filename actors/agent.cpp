@@ -148,6 +148,8 @@ std::chrono::milliseconds bounded(std::chrono::milliseconds limit,
 struct active_run {
   uint64_t seq = 0;
   run_task task;
+  /// task_digest of the goal and context: part of the calls' idempotency keys.
+  std::string task_digest;
   caf::typed_response_promise<run_result> promise;
   run_result result;
   std::vector<chat_message> messages;
@@ -172,6 +174,8 @@ struct active_run {
   std::vector<budget_scope> budget_path;
   /// The open reservation of the current model call ("" for none).
   std::string reservation;
+  /// What that reservation set aside.
+  budget_amount reserved;
   /// Calls per tool in this run (policy caps count them).
   std::map<std::string, int32_t> calls_per_tool;
   /// Loop detection: calls by signature, what the run has seen, and steps in
@@ -207,6 +211,9 @@ struct agent_state {
   std::deque<std::pair<run_task, caf::typed_response_promise<run_result>>>
     backlog;
   uint64_t next_seq = 1;
+  /// Tells this agent's budget accounts apart from those of another agent
+  /// of the same name in the same run (two mappers spawned from one spec).
+  std::string instance = random_hex(4);
 };
 
 using agent_self = runnable_actor::stateful_pointer<agent_state>;
@@ -349,7 +356,7 @@ void begin(agent_self self, run_task task,
   if (st.links.budget) {
     run.budget_path = task.budget_scopes;
     run.budget_path.push_back({task.ref.run_id + "/" + st.spec.name + "#"
-                                 + std::to_string(run.seq),
+                                 + st.instance + "." + std::to_string(run.seq),
                                task.budget});
   }
   run.result.run_id = task.ref.run_id;
@@ -372,6 +379,7 @@ void begin(agent_self self, run_task task,
   run.messages.push_back({chat_role::user, std::move(goal), {}, "", ""});
   if (st.events.wants(event_kind::run_started))
     st.events.publish(started_event(st.spec.name, task));
+  run.task_digest = troupe::task_digest(task.goal, task.context.value);
   run.task = std::move(task);
   run.promise = std::move(promise);
   enter(self, agent_phase::planning);
@@ -418,6 +426,17 @@ void on_model_error(agent_self self, const std::string& model_span,
   auto& run = *st.run;
   auto text = "model '" + st.spec.model + "' failed at step "
               + std::to_string(run.step.index) + ": " + error_text(err);
+  if (err == caf::sec::request_timeout && st.links.budget
+      && !run.reservation.empty() && !run.budget_path.empty()) {
+    // The endpoint may still finish, and bill, a call we stopped waiting
+    // for: its reservation is charged rather than given back.
+    self->send(st.links.budget,
+               budget_charge{run.budget_path.back().account, run.reservation,
+                             st.spec.model, run.reserved});
+    run.reservation.clear();
+    text += " (its reserved estimate is charged to the budget: the endpoint "
+            "may still bill it)";
+  }
   st.trace.end(run.trace_id, model_span, span_recorder::none, text);
   auto deadline = run.task.budget.deadline_ms;
   if (deadline > 0 && now_ms() >= deadline) {
@@ -455,6 +474,15 @@ void observe_and_replan(agent_self self, std::string text,
   auto& st = self->state;
   auto& run = *st.run;
   run.step.observations.push_back(text);
+  // Model APIs want every tool call of a reply answered before anything
+  // else is said: the calls that were not carried out are answered so.
+  if (!run.messages.empty() && run.messages.back().role == chat_role::assistant) {
+    auto calls = run.messages.back().tool_calls;
+    for (const auto& c : calls)
+      run.messages.push_back({chat_role::tool,
+                              "[runtime] not executed (" + outcome + ")", {},
+                              c.id, c.name});
+  }
   run.messages.push_back({chat_role::user, std::move(text), {}, "", ""});
   enter(self, agent_phase::processing);
   close_step(self, outcome);
@@ -550,7 +578,7 @@ void route_by_confidence(agent_self self) {
 }
 
 void on_reply(agent_self self, const std::string& model_span,
-              chat_response& resp) {
+              const std::string& asked, chat_response& resp) {
   auto& st = self->state;
   auto& run = *st.run;
   st.trace.end(run.trace_id, model_span,
@@ -567,7 +595,7 @@ void on_reply(agent_self self, const std::string& model_span,
     const auto& prices = *st.links.prices;
     auto priced = !resp.model.empty() && prices.find(resp.model)
                     ? resp.model
-                    : st.spec.model;
+                    : asked;
     cost = prices.cost_nusd(priced, resp.usage);
   }
   run.step.cost_nusd = cost;
@@ -911,7 +939,8 @@ void carry_out(agent_self self) {
                          ? &st.links.tools[st.tool_index.at(call.name)]
                          : nullptr;
     // Stable across retries of this call (see idempotency_config).
-    call.idempotency_key = tool ? idempotency_key(tool->idempotency, call)
+    call.idempotency_key = tool ? idempotency_key(tool->idempotency, call,
+                                                  run.task_digest)
                                 : std::string{};
     if (reason.empty()) {
       ++run.calls_per_tool[call.name];
@@ -1035,6 +1064,7 @@ void plan(agent_self self) {
                                   : st.spec.model;
   req.estimate = estimate_call(st, run, req.model);
   run.reservation = req.reservation_id;
+  run.reserved = req.estimate;
   auto seq = run.seq;
   self->request(st.links.budget, budget_timeout, std::move(req))
     .then(
@@ -1099,14 +1129,20 @@ void ask_model(agent_self self) {
   req.messages = run.messages;
   req.tools = st.tool_specs;
   req.params = st.spec.model_params;
+  // The reservation covers the output it estimated: the model is held to it,
+  // so a reply cannot cost more output tokens than were set aside.
+  if (st.links.budget && !run.reservation.empty() && req.params.value.is_object()
+      && !req.params.value.contains("max_tokens"))
+    req.params.value["max_tokens"] = run.reserved.tokens.output_tokens;
   auto seq = run.seq;
   auto timeout = bounded(st.spec.model_timeout, run.task.budget.deadline_ms);
+  req.deadline_ms = now_ms() + timeout.count();
   self->request(alternative ? st.links.alternative : st.links.model, timeout,
                 std::move(req))
     .then(
-      [self, seq, model_span](chat_response& resp) {
+      [self, seq, model_span, asked = model_name](chat_response& resp) {
         if (self->state.run && self->state.run->seq == seq)
-          on_reply(self, model_span, resp);
+          on_reply(self, model_span, asked, resp);
       },
       [self, seq, model_span](caf::error& err) {
         if (self->state.run && self->state.run->seq == seq)
@@ -1158,7 +1194,8 @@ void on_tool_result(agent_self self, size_t index, tool_result r) {
   st.trace.end(
     run.trace_id, run.call_spans[index],
     [&] {
-      json attrs{{"troupe.tool.ok", r.ok}, {"troupe.tool.attempts", r.attempts}};
+      json attrs{{"troupe.tool.ok", r.ok}, {"troupe.tool.attempts", r.attempts},
+                 {"troupe.tool.replayed", r.replayed}};
       if (r.ok)
         attrs["gen_ai.tool.call.result"] = excerpt(safe_dump(r.content.value));
       else
@@ -1166,6 +1203,12 @@ void on_tool_result(agent_self self, size_t index, tool_result r) {
       return attrs;
     },
     r.ok ? std::string{} : r.error.message);
+  if (r.replayed)
+    st.trace.event(run.trace_id, run.step_span, "tool.replayed",
+                   [&] { return json{{"gen_ai.tool.name", r.name},
+                        {"gen_ai.tool.call.id", r.call_id},
+                        {"troupe.idempotency_key",
+                         run.calls[index].idempotency_key}}; });
   if (index < run.notes.size())
     for (auto& note : run.notes[index])
       r.notes.push_back(std::move(note));

@@ -99,8 +99,8 @@ struct confidence_routing {
 struct loop_detection {
   /// The same tool with the same arguments this many times in a run; 0 = off.
   int32_t repeat_threshold = 3;
-  /// This many steps in a row that learn nothing new (every tool call and
-  /// result seen before, or the same reply again); 0 = off.
+  /// This many tool-calling steps in a row that learn nothing new (every
+  /// call, with its result, seen before in the run); 0 = off.
   int32_t stall_steps = 3;
   /// Halt the run (status halted) instead of only warning.
   bool halt = false;
@@ -126,7 +126,7 @@ struct agent_spec {
   json model_params = json::object();
   /// What one model call is reserved against the budget before it starts;
   /// a zero field is derived (input: the conversation's length / 4; output:
-  /// model_params.max_tokens, else 1024).
+  /// model_params.max_tokens, else 512).
   token_usage usage_estimate;
   confidence_routing confidence;
   loop_detection loops;

@@ -196,7 +196,9 @@ const char* negative_field(const budget_limits& x) {
     return "max_input_tokens";
   if (x.max_output_tokens < 0)
     return "max_output_tokens";
-  if (!(x.max_cost_usd >= 0) || !std::isfinite(x.max_cost_usd))
+  // Nano-dollars in an int64_t: about 9.2e9 USD at most.
+  if (!(x.max_cost_usd >= 0) || !std::isfinite(x.max_cost_usd)
+      || x.max_cost_usd > max_budget_usd)
     return "max_cost_usd";
   if (x.deadline_ms < 0)
     return "deadline_ms";
@@ -394,12 +396,17 @@ struct budget_state {
   }
 
   /// Removes accounts without children or reservations that saw no
-  /// reservation or charge for idle_ttl, level by level up the tree.
+  /// reservation or charge for idle_ttl and whose deadline (if any) has
+  /// passed, level by level up the tree. The deadline keeps a live run's
+  /// account (and its team's) while the run waits between model calls, for
+  /// a human or a slow tool, however long that takes.
   void sweep() {
     auto now = steady::now();
-    auto idle = [this, now](const account& a) {
+    auto wall = now_ms();
+    auto idle = [this, now, wall](const account& a) {
       return a.name != global_budget_account && a.children.empty()
-             && a.open.empty() && now - a.last_active >= cfg.idle_ttl;
+             && a.open.empty() && now - a.last_active >= cfg.idle_ttl
+             && (a.limits.deadline_ms <= 0 || wall >= a.limits.deadline_ms);
     };
     for (;;) {
       std::vector<std::string> names;

@@ -20,9 +20,10 @@
 // Collection: a closed account goes as soon as it has no children (taking
 // closed ancestors left childless along); any other account without children
 // or open reservations goes once it saw no reservation or charge for
-// `idle_ttl` (a sweep runs every min(idle_ttl, 60 s) while there are accounts
-// besides "global", which is never removed). The sweep timer does not keep
-// the actor alive.
+// `idle_ttl` and its deadline, if it has one, has passed (so a live run's
+// account survives a long wait for a human). A sweep runs every
+// min(idle_ttl, 60 s) while there are accounts besides "global", which is
+// never removed. The sweep timer does not keep the actor alive.
 
 #include <chrono>
 #include <map>
@@ -77,7 +78,8 @@ struct budget_config {
   /// Share of a limit at which an account warns, once per limit: (0, 1].
   double warn_share = 0.8;
   /// How long an account without children or open reservations is kept
-  /// after its last reservation or charge (a closed one goes at once).
+  /// after its last reservation or charge, and past its deadline if it has
+  /// one (a closed one goes at once).
   std::chrono::milliseconds idle_ttl{std::chrono::minutes{10}};
 };
 

@@ -77,13 +77,7 @@ using adapter_self = adapter_actor::stateful_pointer<adapter_state>;
 
 tool_result failure(const tool_call& call, tool_error_kind kind,
                     std::string message) {
-  tool_result r;
-  r.call_id = call.call_id;
-  r.name = call.name;
-  r.ok = false;
-  r.error = {kind, std::move(message)};
-  r.attempts = 1;
-  return r;
+  return failed_tool_result(call, kind, std::move(message), 1);
 }
 
 /// Runs a tool body and turns whatever happens into a tool_result.

@@ -23,6 +23,10 @@ namespace troupe {
 
 namespace {
 
+/// The slowest rate a limiter takes: about one call a week.
+constexpr double min_rate_per_sec = 2e-6;
+
+
 using steady = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
@@ -60,13 +64,7 @@ std::string plural(int64_t n, const std::string& word) {
 /// A failed result for `call` that never reached the tool.
 tool_result refusal(const tool_call& call, tool_error_kind kind,
                     std::string message) {
-  tool_result r;
-  r.call_id = call.call_id;
-  r.name = call.name;
-  r.ok = false;
-  r.error = {kind, std::move(message)};
-  r.attempts = 0;
-  return r;
+  return failed_tool_result(call, kind, std::move(message), 0);
 }
 
 /// The result of a call whose inner actor did not answer (a request error):
@@ -264,16 +262,21 @@ struct breaker_data {
 
 using breaker_self = breaker_actor::stateful_pointer<breaker_data>;
 
-/// A failure is a kind in trip_on; a call that never reached the tool (a
-/// limiter or another breaker refused it) says nothing; anything else means
-/// the tool answered.
+/// A failure is a kind in trip_on; a call whose body never ran says nothing
+/// (a limiter or another breaker refused it, the adapter rejected its
+/// arguments, or the ledger answered it with a recorded result); anything
+/// else means the tool answered.
 health judge(const breaker_config& cfg, const tool_result& r) {
+  if (r.replayed)
+    return health::neutral;
   if (r.ok)
     return health::success;
   if (contains(cfg.trip_on, r.error.kind))
     return health::failure;
   if (r.error.kind == tool_error_kind::circuit_open
-      || r.error.kind == tool_error_kind::rate_limited)
+      || r.error.kind == tool_error_kind::rate_limited
+      || r.error.kind == tool_error_kind::invalid_arguments
+      || r.error.kind == tool_error_kind::denied)
     return health::neutral;
   return health::success;
 }
@@ -643,8 +646,8 @@ struct model_side {
   static const run_ref& ref(const chat_request& x) {
     return x.ref;
   }
-  static int64_t deadline_ms(const chat_request&) {
-    return 0;
+  static int64_t deadline_ms(const chat_request& x) {
+    return x.deadline_ms;
   }
   static stub stub_of(const chat_request&) {
     return {};
@@ -909,6 +912,11 @@ void validate(const tool_guards& guards, const std::string& tool) {
   if (!std::isfinite(l.rate_per_sec))
     invalid(tool, "limits.rate_per_sec must be a finite number");
   require_non_negative(tool, "limits.rate_per_sec", l.rate_per_sec);
+  // Slower than one call a week is a mistake (and would overflow the timer
+  // that waits for the next token).
+  if (l.rate_per_sec > 0 && l.rate_per_sec < min_rate_per_sec)
+    invalid(tool, "limits.rate_per_sec must be 0 (no limit) or at least "
+                    "0.000002 (a call a week)");
   if (l.rate_per_sec > 0 && l.burst < 1)
     invalid(tool, "limits.burst must be >= 1 when limits.rate_per_sec is set, "
                   "got " + std::to_string(l.burst));

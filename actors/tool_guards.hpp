@@ -16,8 +16,10 @@
 //   they all succeed it closes, a failure re-opens it. Transitions are traced
 //   ("breaker.transition") and logged. An error kind not in trip_on counts
 //   as a success (a permanent "not found" is the tool answering), except
-//   circuit_open and rate_limited from further in: the tool did not run, so
-//   they say nothing either way. The cool-down needs no timer: the breaker
+//   when the tool's body did not run: circuit_open and rate_limited from
+//   further in, invalid_arguments (the adapter's schema check), denied, and a
+//   result replayed from the idempotency ledger say nothing either way (a
+//   half-open breaker lets another call probe instead). The cool-down needs no timer: the breaker
 //   turns half-open when next asked (a call or br_state_atom) after it.
 // - The limiter admits calls at a token-bucket rate and caps how many run at
 //   once (in all, and per agent). Calls over a limit wait in a queue, higher

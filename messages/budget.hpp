@@ -116,6 +116,9 @@ using bg_query_atom = caf::atom_constant<caf::atom("bg_query")>;
 /// Name of the root account every path sits in.
 inline constexpr const char* global_budget_account = "global";
 
+/// The largest money limit: its nano-dollars must fit in an int64_t.
+inline constexpr double max_budget_usd = 9e9;
+
 /// Nano-dollars as dollars.
 inline double nusd_to_usd(int64_t nusd) {
   return static_cast<double>(nusd) / 1e9;

@@ -68,8 +68,12 @@ struct chat_request {
   std::vector<tool_spec> tools;
   /// Provider parameters (temperature, max_tokens, tool_choice...).
   json_value params;
+  /// Unix ms after which nobody waits for the reply (0 = none): a limiter
+  /// drops a call still queued then instead of spending tokens on it.
+  int64_t deadline_ms = 0;
 };
-TROUPE_MESSAGE(chat_request, ref, agent, model, messages, tools, params)
+TROUPE_MESSAGE(chat_request, ref, agent, model, messages, tools, params,
+               deadline_ms)
 
 /// The model's reply: an assistant message (text, tool calls or both).
 struct chat_response {

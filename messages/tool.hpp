@@ -107,6 +107,20 @@ struct tool_result {
 TROUPE_MESSAGE(tool_result, call_id, name, ok, content, error, attempts,
                attempt_log, replayed, notes)
 
+/// A failed result for `call`: `attempts` is 0 when the call never reached
+/// the tool (a guard refused it), 1 when the tool was tried once.
+inline tool_result failed_tool_result(const tool_call& call,
+                                      tool_error_kind kind, std::string message,
+                                      int32_t attempts) {
+  tool_result r;
+  r.call_id = call.call_id;
+  r.name = call.name;
+  r.ok = false;
+  r.error = {kind, std::move(message)};
+  r.attempts = attempts;
+  return r;
+}
+
 /// What the idempotency ledger knows about a key.
 struct ledger_entry {
   std::string key;

@@ -123,11 +123,7 @@ approval_request approval_client::decide(const std::string& id,
                                          approval_verdict verdict,
                                          const std::string& who,
                                          const std::string& note) {
-  approval_decision d;
-  d.request_id = id;
-  d.verdict = verdict;
-  d.who = who;
-  d.note = note;
+  approval_decision d{id, verdict, who, note, 0};
   approval_request out;
   caf::error failed;
   caf::scoped_actor self{sys_};

@@ -482,7 +482,7 @@ policy_rule parse_rule(const std::string& origin, const std::string& pointer,
     r.fail(r.at("ttl_ms"), "ttl_ms is only for rules whose decision is "
                            "require_approval");
   rule.ttl_ms
-    = r.integer("ttl_ms", 0, std::numeric_limits<int64_t>::max()).value_or(0);
+    = r.integer("ttl_ms", 0, max_approval_ttl_ms).value_or(0);
   return rule;
 }
 
@@ -588,9 +588,10 @@ void compile(policy& p) {
     if (rule.max_calls_per_run < 0)
       throw policy_error("policy rule '" + rule.name
                          + "': max_calls_per_run must not be negative");
-    if (rule.ttl_ms < 0)
+    if (rule.ttl_ms < 0 || rule.ttl_ms > max_approval_ttl_ms)
       throw policy_error("policy rule '" + rule.name
-                         + "': ttl_ms must not be negative");
+                         + "': ttl_ms must be between 0 and "
+                         + std::to_string(max_approval_ttl_ms) + " (7 days)");
     compile_constraints(rule, "when", rule.when, false);
     compile_constraints(rule, "require", rule.require, false);
     compile_constraints(rule, "caps", rule.caps, true);

@@ -95,9 +95,13 @@ struct policy_rule {
   int32_t max_calls_per_run = 0;
   /// Shown to the model (deny) or to the human (require_approval).
   std::string reason;
-  /// require_approval: how long the human has; 0 = the gate's default.
+  /// require_approval: how long the human has; 0 = the agent's
+  /// approval_ttl (agent_spec).
   int64_t ttl_ms = 0;
 };
+
+/// The longest time-to-live of an approval: 7 days.
+inline constexpr int64_t max_approval_ttl_ms = 7LL * 24 * 3600 * 1000;
 
 /// A set of rules.
 struct policy {

@@ -285,6 +285,7 @@ run_task runtime::make_task(std::string goal, const run_options& opts) const {
   task.ref.run_id = opts.run_id.empty() ? "run-" + random_hex(8) : opts.run_id;
   task.ref.trace_id = new_trace_id();
   task.ref.principal = opts.principal;
+  task.ref.priority = opts.priority;
   task.goal = std::move(goal);
   task.budget = opts.budget;
   if (task.budget.deadline_ms <= 0)
@@ -294,10 +295,23 @@ run_task runtime::make_task(std::string goal, const run_options& opts) const {
   return task;
 }
 
+namespace {
+
+/// How long a caller waits for a run: when the run's deadline is the
+/// caller's timeout (make_task), a little longer, so the run's own answer
+/// (halted at its deadline, naming what was done) wins the race against the
+/// caller's "got no result".
+std::chrono::milliseconds caller_wait(const run_options& opts) {
+  constexpr std::chrono::milliseconds grace{2000};
+  return opts.budget.deadline_ms > 0 ? opts.timeout : opts.timeout + grace;
+}
+
+} // namespace
+
 run_result runtime::run(const runnable_actor& target, std::string goal,
                         const run_options& opts) {
   return run_task_blocking(target, make_task(std::move(goal), opts),
-                           opts.timeout);
+                           caller_wait(opts));
 }
 
 run_result runtime::run_task_blocking(const runnable_actor& target,
@@ -367,7 +381,7 @@ std::future<run_result> runtime::submit(const runnable_actor& target,
                                         const run_options& opts) {
   auto promise = std::make_shared<std::promise<run_result>>();
   auto future = promise->get_future();
-  submit(target, make_task(std::move(goal), opts), opts.timeout,
+  submit(target, make_task(std::move(goal), opts), caller_wait(opts),
          [promise](run_result r) { promise->set_value(std::move(r)); });
   return future;
 }
@@ -411,11 +425,7 @@ approval_request runtime::decide(const std::string& request_id,
                                  const std::string& who,
                                  const std::string& note) {
   ensure_running("decide");
-  approval_decision d;
-  d.request_id = request_id;
-  d.verdict = verdict;
-  d.who = who;
-  d.note = note;
+  approval_decision d{request_id, verdict, who, note, 0};
   approval_request out;
   caf::scoped_actor self{*sys_};
   self->request(approvals_, std::chrono::seconds{30}, apr_decide_atom::value,

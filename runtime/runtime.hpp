@@ -87,6 +87,9 @@ struct runtime_config {
 struct run_options {
   /// Who the run acts for.
   std::string principal = "local";
+  /// Where the run's calls wait in rate and concurrency limiters' queues:
+  /// higher goes first (run_ref::priority).
+  int32_t priority = 0;
   budget_limits budget;
   /// Overrides the agent's step limit when > 0 (the smaller wins).
   int32_t max_steps = 0;
@@ -174,7 +177,8 @@ public:
   budget_actor budget() const;
 
   /// What a budget account has used ("global" for the whole runtime; a run's
-  /// account is "RUN_ID/AGENT#N", a team's "RUN_ID/TEAM"). Blocks briefly.
+  /// account is "RUN_ID/AGENT#INSTANCE.N", a team's "RUN_ID/TEAM"). Blocks
+  /// briefly.
   budget_snapshot budget_usage(const std::string& account = global_budget_account);
 
   /// The approval gate agents wait at.

@@ -94,8 +94,12 @@ int compare_versions(const std::string& a, const std::string& b) {
   return 0;
 }
 
+std::string task_digest(const std::string& goal, const json& context) {
+  return stable_hash(goal + "|" + safe_dump(context));
+}
+
 std::string idempotency_key(const idempotency_config& cfg,
-                            const tool_call& call) {
+                            const tool_call& call, const std::string& task) {
   if (cfg.key)
     return cfg.key(call);
   json args = call.args.value;
@@ -111,7 +115,7 @@ std::string idempotency_key(const idempotency_config& cfg,
   std::string basis;
   switch (cfg.scope) {
     case idempotency_scope::call:
-      basis = call.ref.run_id + "|" + call.agent + "|"
+      basis = call.ref.run_id + "|" + call.agent + "|" + task + "|"
               + std::to_string(call.step) + "|";
       break;
     case idempotency_scope::run:

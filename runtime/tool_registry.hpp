@@ -57,7 +57,10 @@ private:
 
 /// Which calls of a tool count as the same call (and so run once).
 enum class idempotency_scope : uint8_t {
-  /// The same run, agent, step, tool and arguments (the default).
+  /// The same run, agent, task, step, tool and arguments (the default). The
+  /// task is a digest of the goal and context the agent was given, so two
+  /// subtasks a team hands one member keep their calls apart, while a run
+  /// resumed or retried on the same task finds its earlier calls.
   call,
   /// The same run, tool and arguments, at any step or agent.
   run,
@@ -76,8 +79,14 @@ struct idempotency_config {
 
 /// The idempotency key of a call under a tool's configuration: a stable hash
 /// of what the scope and fields name (or the custom function's result).
+/// `task` identifies the agent's task within the run (see task_digest); only
+/// the call scope uses it.
 std::string idempotency_key(const idempotency_config& cfg,
-                            const tool_call& call);
+                            const tool_call& call,
+                            const std::string& task = "");
+
+/// A stable digest of a task's goal and context, for idempotency keys.
+std::string task_digest(const std::string& goal, const json& context);
 
 /// A tool body: gets validated arguments, returns the result as JSON. It runs
 /// on the runtime's blocking pool, never on an actor thread, so it may block.

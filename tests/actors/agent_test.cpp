@@ -47,14 +47,6 @@ tool_definition echo_tool(std::shared_ptr<std::atomic<int>> calls) {
   return def;
 }
 
-model_tool_call proposed(std::string name, json args, std::string id = "") {
-  model_tool_call c;
-  c.id = std::move(id);
-  c.name = std::move(name);
-  c.arguments = std::move(args);
-  return c;
-}
-
 agent_spec spec_for(std::string model, std::vector<std::string> tools,
                     int32_t max_steps = 5, int32_t max_parallel = 4) {
   agent_spec spec;

@@ -569,6 +569,29 @@ SCENARIO_METHOD(budget_fixture, "idle implicit accounts are collected",
         CHECK(query(budget, "global").used == amount(1));
       }
     }
+    WHEN("a run and its team have a deadline still ahead") {
+      auto team_limits = step_limit(1);
+      team_limits.deadline_ms = now_ms() + 60000;
+      budget_limits run_limits;
+      run_limits.deadline_ms = team_limits.deadline_ms;
+      std::vector<budget_scope> path{scope("team-live", team_limits),
+                                     scope("run-live", run_limits)};
+      REQUIRE(reserve(budget, reservation(path, "a", amount(1))).granted);
+      self->send(budget, charge("run-live", "a", amount(1)));
+      // A run without a deadline, used at the same time, marks when the
+      // sweep has run past idle_ttl.
+      std::vector<budget_scope> marker{scope("run-marker")};
+      REQUIRE(reserve(budget, reservation(marker, "m", amount(1))).granted);
+      self->send(budget, charge("run-marker", "m", amount(1)));
+      REQUIRE(gone_within("run-marker", 5000ms));
+      THEN("both are kept, and the team's limit still holds") {
+        CHECK(query(budget, "team-live").exists);
+        CHECK(query(budget, "run-live").used == amount(1));
+        auto again = reserve(budget, reservation(path, "b", amount(1)));
+        CHECK_FALSE(again.granted);
+        CHECK_THAT(again.reason, Catch::Contains("team-live"));
+      }
+    }
     WHEN("a run holds an open reservation") {
       std::vector<budget_scope> path{scope("run-busy")};
       REQUIRE(reserve(budget, reservation(path, "a", amount(1))).granted);

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "actors/events.hpp"
+#include "actors/scripted_model.hpp"
 #include "runtime/runtime.hpp"
 #include "support/runtime_fixture.hpp"
 #include "support/test_models.hpp"
@@ -45,14 +46,6 @@ runtime_config guarded_config() {
   return cfg;
 }
 
-model_tool_call proposed(std::string name, json args, std::string id = "") {
-  model_tool_call c;
-  c.id = std::move(id);
-  c.name = std::move(name);
-  c.arguments = std::move(args);
-  return c;
-}
-
 agent_spec spec_for(std::string name, std::string model,
                     std::vector<std::string> tools, int32_t max_steps = 8) {
   agent_spec spec;
@@ -72,6 +65,18 @@ by_step(std::vector<chat_response> replies) {
   return [replies](const chat_request& req) {
     auto n = static_cast<size_t>(step_of(req));
     return replies.at(std::min(n, replies.size()) - 1);
+  };
+}
+
+/// A model that calls "noop" with new arguments ({"i": step}) at every step
+/// before `answer_at`, then answers "done"; every reply reports `usage`.
+std::function<chat_response(const chat_request&)>
+noop_steps(int32_t answer_at, token_usage usage = {10, 5}) {
+  return [answer_at, usage](const chat_request& req) {
+    auto n = step_of(req);
+    if (n >= answer_at)
+      return answer("done", usage);
+    return call_tools({proposed("noop", json{{"i", n}})}, usage);
   };
 }
 
@@ -221,13 +226,8 @@ race_outcome race(runtime_config cfg) {
   noop.blocking = false;
   rt.tools().add(noop);
   auto log = std::make_shared<model_log>();
-  rt.add_model("cheap", spawn_recording_model(
-                          rt.system(), log, [](const chat_request& req) {
-                            if (step_of(req) >= 3)
-                              return answer("done", race_usage);
-                            return call_tools(
-                              {proposed("noop", json::object())}, race_usage);
-                          }));
+  rt.add_model("cheap", spawn_recording_model(rt.system(), log,
+                                              noop_steps(3, race_usage)));
   std::vector<runnable_actor> agents;
   agents.reserve(race_agents);
   for (int i = 0; i < race_agents; ++i) {
@@ -341,14 +341,7 @@ SCENARIO("a team's budget caps its members together", "[guardrails]") {
   rt.tools().add(probed_tool("noop", probe, "ok"));
   auto log = std::make_shared<model_log>();
   // Each member wants three steps.
-  rt.add_model("m", spawn_recording_model(rt.system(), log,
-                                          [](const chat_request& req) {
-                                            auto n = step_of(req);
-                                            if (n >= 3)
-                                              return answer("done");
-                                            return call_tools({proposed(
-                                              "noop", json{{"i", n}})});
-                                          }));
+  rt.add_model("m", spawn_recording_model(rt.system(), log, noop_steps(3)));
   auto a = rt.spawn_agent(spec_for("member-a", "m", {"noop"}));
   auto b = rt.spawn_agent(spec_for("member-b", "m", {"noop"}));
   budget_limits team;
@@ -416,14 +409,7 @@ SCENARIO("crossing 80% of a run's step limit warns in the result and as an "
   rt.tools().add(probed_tool("noop", probe, "ok"));
   auto log = std::make_shared<model_log>();
   // Four tool steps with new arguments each (no loop warning), then answer.
-  rt.add_model("m", spawn_recording_model(rt.system(), log,
-                                          [](const chat_request& req) {
-                                            auto n = step_of(req);
-                                            if (n >= 5)
-                                              return answer("done");
-                                            return call_tools({proposed(
-                                              "noop", json{{"i", n}})});
-                                          }));
+  rt.add_model("m", spawn_recording_model(rt.system(), log, noop_steps(5)));
   auto agent = rt.spawn_agent(spec_for("counter", "m", {"noop"}));
   auto events = std::make_shared<handoff<agent_event>>();
   rt.adopt(spawn_event_observer(rt.system(), agent,
@@ -438,7 +424,8 @@ SCENARIO("crossing 80% of a run's step limit warns in the result and as an "
     CHECK(r.status == run_status::complete);
     CHECK(r.steps.size() == 5);
     REQUIRE(r.warnings.size() == 1);
-    CHECK_THAT(r.warnings[0], Contains("budget '" + r.run_id + "/counter#1'")
+    CHECK_THAT(r.warnings[0], Contains("budget '" + r.run_id + "/counter#")
+                                && Contains(".1': 80%")
                                 && Contains("80% of its step limit reached")
                                 && Contains("(4 of 5 steps)"));
     AND_THEN("subscribers get it as a warning event of the run") {
@@ -449,6 +436,98 @@ SCENARIO("crossing 80% of a run's step limit warns in the result and as an "
       CHECK(ev->run_id == r.run_id);
       CHECK(ev->detail == r.warnings[0]);
     }
+  }
+}
+
+SCENARIO("two agents of one name in one run keep separate budget accounts",
+         "[guardrails][budget]") {
+  runtime rt{guarded_config()};
+  auto log = std::make_shared<model_log>();
+  rt.add_model("m", spawn_recording_model(rt.system(), log, [](auto&) {
+                 return answer("mapped");
+               }));
+  // Two mappers spawned from one spec, as a map_reduce built in C++ may be.
+  auto spec = spec_for("mapper", "m", {});
+  auto first = rt.spawn_agent(spec);
+  auto second = rt.spawn_agent(spec);
+  run_options opts;
+  opts.run_id = "run-shared";
+  opts.budget.max_steps = 1; // one step is 100% of it: each run warns
+  auto a = rt.run(first, "item 1", opts);
+  auto b = rt.run(second, "item 2", opts);
+  THEN("each warning names its own account, and every step is counted") {
+    REQUIRE(a.status == run_status::complete);
+    REQUIRE(b.status == run_status::complete);
+    REQUIRE(a.warnings.size() == 1);
+    REQUIRE(b.warnings.size() == 1);
+    auto account_of = [](const std::string& warning) {
+      auto from = warning.find('\'');
+      auto to = warning.find('\'', from + 1);
+      REQUIRE(from != std::string::npos);
+      REQUIRE(to != std::string::npos);
+      return warning.substr(from + 1, to - from - 1);
+    };
+    auto one = account_of(a.warnings[0]);
+    auto two = account_of(b.warnings[0]);
+    CHECK_THAT(one, StartsWith("run-shared/mapper#"));
+    CHECK_THAT(two, StartsWith("run-shared/mapper#"));
+    CHECK(one != two);
+    CHECK(rt.budget_usage().used.steps == 2);
+  }
+}
+
+SCENARIO("a model call is held to the output its reservation set aside",
+         "[guardrails][budget]") {
+  runtime rt{guarded_config()};
+  auto log = std::make_shared<model_log>();
+  rt.add_model("m", spawn_recording_model(rt.system(), log, [](auto&) {
+                 return answer("ok");
+               }));
+  WHEN("the agent names no max_tokens") {
+    auto spec = spec_for("free", "m", {});
+    spec.usage_estimate.output_tokens = 300;
+    auto r = rt.run(rt.spawn_agent(spec), "hi");
+    THEN("the request carries the reserved output as max_tokens") {
+      REQUIRE(r.status == run_status::complete);
+      auto reqs = log->snapshot();
+      REQUIRE(reqs.size() == 1);
+      CHECK(reqs[0].params.value.at("max_tokens") == 300);
+      CHECK(reqs[0].deadline_ms > 0);
+    }
+  }
+  WHEN("the agent sets max_tokens itself") {
+    auto spec = spec_for("capped", "m", {});
+    spec.model_params = json{{"max_tokens", 64}, {"temperature", 0}};
+    auto r = rt.run(rt.spawn_agent(spec), "hi");
+    THEN("its own value is sent, and reserved") {
+      REQUIRE(r.status == run_status::complete);
+      auto reqs = log->snapshot();
+      REQUIRE(reqs.size() == 1);
+      CHECK(reqs[0].params.value
+            == json({{"max_tokens", 64}, {"temperature", 0}}));
+    }
+  }
+}
+
+SCENARIO("a model call the agent stopped waiting for is charged its estimate",
+         "[guardrails][budget]") {
+  runtime rt{guarded_config()};
+  auto script = model_script::parse(
+    json{{"rules", {{{"reply", {{"content", "late"}, {"latency_ms", 3000}}}}}}},
+    "slow.json");
+  rt.add_model("slow", spawn_scripted_model(rt.system(), script));
+  auto spec = spec_for("waiter", "slow", {});
+  spec.model_timeout = 50ms;
+  spec.usage_estimate = {700, 90};
+  auto r = rt.run(rt.spawn_agent(spec), "hurry");
+  THEN("the run fails naming the charge, and the budget counts the call") {
+    REQUIRE(r.status == run_status::failed);
+    CHECK_THAT(r.error, Contains("reserved estimate is charged"));
+    auto global = rt.budget_usage();
+    CHECK(global.used.steps == 1);
+    CHECK(global.used.tokens.input_tokens == 700);
+    CHECK(global.used.tokens.output_tokens == 90);
+    CHECK(global.reserved.steps == 0);
   }
 }
 
@@ -464,16 +543,8 @@ SCENARIO("a run's cost is its usage at the price table's prices, and a run "
   rt.tools().add(probed_tool("noop", probe, "ok"));
   auto log = std::make_shared<model_log>();
   const token_usage usage{1000, 200};
-  rt.add_model("priced",
-               spawn_recording_model(rt.system(), log,
-                                     [usage](const chat_request& req) {
-                                       auto n = step_of(req);
-                                       if (n >= 3)
-                                         return answer("done", usage);
-                                       return call_tools(
-                                         {proposed("noop", json{{"i", n}})},
-                                         usage);
-                                     }));
+  rt.add_model("priced", spawn_recording_model(rt.system(), log,
+                                               noop_steps(3, usage)));
   auto spec = spec_for("spender", "priced", {"noop"});
   spec.usage_estimate = usage;
   auto agent = rt.spawn_agent(spec);
@@ -662,6 +733,40 @@ SCENARIO("a globally scoped idempotency key replays a later run's call from "
       CHECK(args[0].at("note") == "first");
       CHECK(args[1].at("order_id") == "D");
     }
+  }
+}
+
+SCENARIO("two tasks a team gives one member in one run keep their calls apart",
+         "[guardrails][idempotency]") {
+  runtime rt{guarded_config()};
+  auto probe = std::make_shared<tool_probe>();
+  rt.tools().add(probed_tool("pay", probe, json{{"paid", true}}));
+  auto log = std::make_shared<model_log>();
+  // Every task makes the same call at step 1, whatever its goal.
+  rt.add_model("m", spawn_recording_model(
+                      rt.system(), log,
+                      by_step({call_tools({proposed("pay", {{"order_id", "E"}})}),
+                               answer("paid")})));
+  auto agent = rt.spawn_agent(spec_for("member", "m", {"pay"}));
+  auto first_task = rt.make_task("subtask one");
+  auto second_task = first_task; // the same run, as a team's member sees it
+  second_task.goal = "subtask two";
+  auto repeated_task = first_task; // the first task handed out again
+  auto first = rt.run_task_blocking(agent, first_task, wait_limit);
+  auto second = rt.run_task_blocking(agent, second_task, wait_limit);
+  auto repeated = rt.run_task_blocking(agent, repeated_task, wait_limit);
+  THEN("each task's call runs, and the repeated task's call is replayed") {
+    REQUIRE(first.status == run_status::complete);
+    REQUIRE(second.status == run_status::complete);
+    REQUIRE(repeated.status == run_status::complete);
+    REQUIRE(first.run_id == second.run_id);
+    const auto& one = first.steps.at(0).tool_results.at(0);
+    const auto& two = second.steps.at(0).tool_results.at(0);
+    const auto& again = repeated.steps.at(0).tool_results.at(0);
+    CHECK_FALSE(one.replayed);
+    CHECK_FALSE(two.replayed);
+    CHECK(again.replayed);
+    CHECK(probe->calls == 2);
   }
 }
 

@@ -940,17 +940,61 @@ SCENARIO_METHOD(fixture,
   breaker_config cfg;
   cfg.failure_threshold = 2;
   cfg.cooldown = 10s;
-  // transient, permanent, transient, invalid_arguments, transient
+  // transient, permanent, transient, permanent, transient
   auto inner = tool(log, [](const tool_call&, int n) {
     return failed(n % 2 == 1 ? tool_error_kind::transient
-                  : n == 2   ? tool_error_kind::permanent
-                             : tool_error_kind::invalid_arguments);
+                             : tool_error_kind::permanent);
   });
   auto breaker = keep(spawn_breaker(sys, "flaky", cfg, inner));
   for (int i = 0; i < 5; ++i)
     call(breaker, make_call("c" + std::to_string(i)));
   CHECK(state_of(breaker) == "closed");
   CHECK(log->count() == 5);
+}
+
+SCENARIO_METHOD(fixture,
+                "calls whose body never ran neither trip nor close the circuit",
+                "[guards]") {
+  auto log = std::make_shared<tool_log>();
+  auto healthy = std::make_shared<std::atomic<bool>>(false);
+  breaker_config cfg;
+  cfg.failure_threshold = 2;
+  cfg.cooldown = 100ms;
+  // Calls named "bad..." are refused by the schema check, "seen..." are
+  // answered from the ledger; the others reach the (failing) body.
+  auto inner = tool(log, [healthy](const tool_call& c, int) {
+    if (c.call_id.rfind("bad", 0) == 0)
+      return failed(tool_error_kind::invalid_arguments);
+    if (c.call_id.rfind("seen", 0) == 0) {
+      auto r = ok_result();
+      r.replayed = true;
+      return r;
+    }
+    return healthy->load() ? ok_result() : failed(tool_error_kind::transient);
+  });
+  auto breaker = keep(spawn_breaker(sys, "flaky", cfg, inner));
+  WHEN("failures are interleaved with rejected and replayed calls") {
+    call(breaker, make_call("f1"));
+    call(breaker, make_call("bad1"));
+    call(breaker, make_call("seen1"));
+    REQUIRE(state_of(breaker) == "closed");
+    call(breaker, make_call("f2"));
+    THEN("the failures still count as consecutive") {
+      CHECK(state_of(breaker) == "open");
+    }
+    AND_WHEN("a rejected call is the first through the half-open circuit") {
+      let_pass(110ms);
+      auto bad = call(breaker, make_call("bad2"));
+      CHECK(bad.error.kind == tool_error_kind::invalid_arguments);
+      THEN("it does not close the circuit, and the next call probes") {
+        CHECK(state_of(breaker) == "half_open");
+        healthy->store(true);
+        auto probe = call(breaker, make_call("probe"));
+        CHECK(probe.ok);
+        CHECK(state_of(breaker) == "closed");
+      }
+    }
+  }
 }
 
 SCENARIO_METHOD(fixture, "a retrier in front of a breaker does not retry an "
@@ -1196,5 +1240,28 @@ SCENARIO_METHOD(fixture, "the model limiter guards a model endpoint the same "
                     [] { FAIL("the first request did not finish"); });
     std::lock_guard<std::mutex> guard{seen->mtx};
     CHECK(seen->agents == std::vector<std::string>{"slow"});
+  }
+  GIVEN("a concurrency cap of 1 and a request whose caller gives up soon") {
+    limiter_config cfg;
+    cfg.max_concurrent = 1;
+    cfg.max_wait = 10s;
+    auto limiter = keep(spawn_model_limiter(sys, "m", cfg, model(seen, 300ms)));
+    self->send(limiter, make_request("slow"));
+    auto hurried = make_request("hurried");
+    hurried.deadline_ms = now_ms() + 40;
+    caf::error refused;
+    self->request(limiter, 10s, hurried)
+      .receive([](chat_response&) { FAIL("the hurried request ran"); },
+               [&](caf::error& err) { refused = std::move(err); });
+    THEN("it is dropped at its deadline, never reaching the model") {
+      REQUIRE(refused);
+      CHECK(refused.code() == static_cast<uint8_t>(errc::refused));
+      CHECK_THAT(error_text(refused), Catch::Contains("deadline"));
+      self->receive([](chat_response&) {},
+                    caf::after(std::chrono::seconds{10}) >>
+                      [] { FAIL("the first request did not finish"); });
+      std::lock_guard<std::mutex> guard{seen->mtx};
+      CHECK(seen->agents == std::vector<std::string>{"slow"});
+    }
   }
 }

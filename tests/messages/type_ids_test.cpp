@@ -166,6 +166,7 @@ TEST_CASE_METHOD(fixture, "model protocol messages round trip", "[messages]") {
                   {chat_role::tool, "4", {}, "call-1", "calculator"}};
   req.tools = {{"clock", "time", json{{"type", "object"}}}};
   req.params = json{{"temperature", 0.5}};
+  req.deadline_ms = 1764590400000;
   check_round_trips(req);
   check_round_trips(chat_response{sample_message(), {10, 20}, "tool_calls",
                                   "scripted"});

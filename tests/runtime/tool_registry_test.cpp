@@ -187,3 +187,82 @@ TEST_CASE("concurrent adds all land", "[registry]") {
     CHECK(best->definition.version == "1.24");
   }
 }
+
+namespace {
+
+tool_call keyed_call(std::string run, std::string agent, int32_t step,
+                     json args) {
+  tool_call call;
+  call.ref.run_id = std::move(run);
+  call.agent = std::move(agent);
+  call.step = step;
+  call.name = "pay";
+  call.args = std::move(args);
+  return call;
+}
+
+} // namespace
+
+TEST_CASE("idempotency keys follow the tool's scope and fields",
+          "[registry][idempotency]") {
+  auto base = keyed_call("r1", "a", 1, {{"order", "A-1"}, {"amount", 5}});
+  auto task = task_digest("refund A-1", json::object());
+  idempotency_config call_scope;
+  auto key = idempotency_key(call_scope, base, task);
+  CHECK_THAT(key, Catch::Matchers::StartsWith("pay:"));
+
+  SECTION("the same call gives the same key whatever the argument order") {
+    auto again = base;
+    again.args = json::parse(R"({"amount": 5, "order": "A-1"})");
+    CHECK(idempotency_key(call_scope, again, task) == key);
+  }
+  SECTION("the call scope tells apart run, agent, task, step and arguments") {
+    auto other_run = base;
+    other_run.ref.run_id = "r2";
+    auto other_agent = base;
+    other_agent.agent = "b";
+    auto other_step = base;
+    other_step.step = 2;
+    auto other_args = base;
+    other_args.args.value["amount"] = 6;
+    CHECK(idempotency_key(call_scope, other_run, task) != key);
+    CHECK(idempotency_key(call_scope, other_agent, task) != key);
+    CHECK(idempotency_key(call_scope, other_step, task) != key);
+    CHECK(idempotency_key(call_scope, other_args, task) != key);
+    // Two subtasks a team gives one member keep their calls apart.
+    CHECK(idempotency_key(call_scope, base,
+                          task_digest("refund A-2", json::object()))
+          != key);
+    CHECK(idempotency_key(call_scope, base,
+                          task_digest("refund A-1", {{"note", "x"}}))
+          != key);
+  }
+  SECTION("the run scope ignores agent, task and step") {
+    idempotency_config run_scope;
+    run_scope.scope = idempotency_scope::run;
+    auto later = base;
+    later.agent = "b";
+    later.step = 7;
+    CHECK(idempotency_key(run_scope, later, "other")
+          == idempotency_key(run_scope, base, task));
+    later.ref.run_id = "r2";
+    CHECK(idempotency_key(run_scope, later, task)
+          != idempotency_key(run_scope, base, task));
+  }
+  SECTION("the global scope with fields keys on the named arguments only") {
+    idempotency_config global;
+    global.scope = idempotency_scope::global;
+    global.fields = {"order"};
+    auto elsewhere = keyed_call("r9", "z", 4, {{"order", "A-1"}, {"amount", 99}});
+    CHECK(idempotency_key(global, elsewhere)
+          == idempotency_key(global, base, task));
+    elsewhere.args.value["order"] = "A-2";
+    CHECK(idempotency_key(global, elsewhere)
+          != idempotency_key(global, base, task));
+  }
+  SECTION("a custom key function wins") {
+    idempotency_config custom;
+    custom.key = [](const tool_call& c) { return "mine:" + c.agent; };
+    CHECK(idempotency_key(custom, base, task) == "mine:a");
+  }
+}

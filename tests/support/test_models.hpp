@@ -46,6 +46,16 @@ inline chat_response answer(std::string text, token_usage usage = {10, 5}) {
   return r;
 }
 
+/// A tool call as a model proposes it.
+inline model_tool_call proposed(std::string name, json args,
+                                std::string id = "") {
+  model_tool_call c;
+  c.id = std::move(id);
+  c.name = std::move(name);
+  c.arguments = std::move(args);
+  return c;
+}
+
 /// An assistant reply with tool calls.
 inline chat_response call_tools(std::vector<model_tool_call> calls,
                                 token_usage usage = {10, 5}) {
