@@ -345,27 +345,27 @@ json number_result(double x) {
 
 // -- kv_lookup ----------------------------------------------------------------
 
-json load_table(const std::string& path) {
+json load_table(const std::string& tool, const std::string& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
-    throw std::invalid_argument("kv_lookup: '" + path
+    throw std::invalid_argument(tool + ": '" + path
                                 + "' is a directory, expected a JSON file");
   std::ifstream in(path, std::ios::binary);
   if (!in)
-    throw std::invalid_argument("kv_lookup: cannot open '" + path + "'");
+    throw std::invalid_argument(tool + ": cannot open '" + path + "'");
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad())
-    throw std::invalid_argument("kv_lookup: cannot read '" + path + "'");
+    throw std::invalid_argument(tool + ": cannot read '" + path + "'");
   json table;
   try {
     table = json::parse(text.str());
   } catch (const json::parse_error& e) {
-    throw std::invalid_argument("kv_lookup: '" + path
+    throw std::invalid_argument(tool + ": '" + path
                                 + "' is not valid JSON: " + e.what());
   }
   if (!table.is_object())
-    throw std::invalid_argument("kv_lookup: '" + path + "' holds a JSON "
+    throw std::invalid_argument(tool + ": '" + path + "' holds a JSON "
                                 + std::string{table.type_name()}
                                 + ", expected an object of key-value pairs");
   return table;
@@ -421,7 +421,8 @@ tool_definition calculator_tool() {
 }
 
 tool_definition kv_lookup_tool(std::string json_file_path) {
-  auto table = std::make_shared<const json>(load_table(json_file_path));
+  auto table =
+    std::make_shared<const json>(load_table("kv_lookup", json_file_path));
   tool_definition def;
   def.name = "kv_lookup";
   def.description =
@@ -475,7 +476,7 @@ tool_definition clock_tool() {
 
 tool_definition lookup_tool(std::string name, std::string description,
                             std::string json_file_path, std::string key_field) {
-  auto table = std::make_shared<const json>(load_table(json_file_path));
+  auto table = std::make_shared<const json>(load_table(name, json_file_path));
   tool_definition def;
   def.name = std::move(name);
   def.description = description.empty()

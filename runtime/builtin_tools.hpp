@@ -62,8 +62,8 @@ struct journal_settings {
 };
 
 /// A "journal" tool named `name`: its side effect is one JSON line appended
-/// to `settings.file`: {"tool", "key" (the idempotency key), "args",
-/// "at_ms"}. So the file counts how often the tool really ran: the examples
+/// to `settings.file`: {"tool", "key" (the idempotency key), "run_id",
+/// "args", "at_ms"}. So the file counts how often the tool really ran: the examples
 /// and tests use it as the external system a side effect lands in. Throws
 /// std::invalid_argument when the file cannot be opened for appending.
 tool_definition journal_tool(std::string name, journal_settings settings);

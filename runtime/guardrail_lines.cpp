@@ -50,6 +50,10 @@ std::string describe_guardrail_event(const json& record) {
   if (name == "limiter.wait")
     return "limiter: " + text(a, "gen_ai.tool.name") + " waited "
            + text(a, "troupe.wait_ms") + " ms";
+  if (name == "tool.replayed")
+    return "ledger: " + text(a, "gen_ai.tool.name")
+           + " answered with the result recorded under its idempotency key "
+           + text(a, "troupe.idempotency_key") + " (the tool did not run again)";
   if (name == "confidence.route")
     return "confidence: " + text(a, "troupe.confidence") + " -> "
            + text(a, "troupe.confidence.route");

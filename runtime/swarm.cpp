@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -21,6 +22,15 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* scripted_prefix = "scripted:";
+
+/// Names as one comma-separated list, for messages.
+template <class Names>
+std::string join(const Names& names, const char* sep = ", ") {
+  std::string out;
+  for (const auto& name : names)
+    out += (out.empty() ? "" : sep) + std::string{name};
+  return out;
+}
 
 /// A number as short text for messages: 0.8, 1e+09.
 std::string format_number(double x) {
@@ -96,10 +106,15 @@ public:
     const auto& v = obj_.at(key);
     if (!v.is_number_integer())
       fail(at(key), std::string{"must be an integer, got "} + v.type_name());
-    auto x = v.get<int64_t>();
+    // An unsigned value past int64_t's range would wrap around.
+    auto x = v.is_number_unsigned()
+                 && v.get<uint64_t>()
+                      > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())
+               ? std::numeric_limits<int64_t>::max()
+               : v.get<int64_t>();
     if (x < min || x > max)
       fail(at(key), "must be between " + std::to_string(min) + " and "
-                      + std::to_string(max) + ", got " + std::to_string(x));
+                      + std::to_string(max) + ", got " + v.dump());
     return x;
   }
 
@@ -259,6 +274,10 @@ tool_declaration parse_tool(const std::string& name, const json& doc,
   if (builtin && t.kind != "builtin")
     r.fail(r.at("kind"), "'" + name + "' is a builtin tool; pick another "
                          "name for a " + t.kind + " tool");
+  if (!builtin && t.kind == "builtin")
+    r.fail(r.at("kind"), "'" + name + "' is not a builtin tool (builtin "
+                         "tools: " + join(builtins, ", ") + "); declare it "
+                         "as a lookup or journal tool");
   if (t.kind == "builtin") {
     if (name == "kv_lookup") {
       r.only({"kind", "file", "timeout_ms", "retry", "breaker", "limits",
@@ -373,7 +392,7 @@ budget_limits parse_limits_of_budget(const object_reader& r) {
   out.max_steps = r.integer("max_steps", 0, 0, INT64_MAX);
   out.max_input_tokens = r.integer("max_input_tokens", 0, 0, INT64_MAX);
   out.max_output_tokens = r.integer("max_output_tokens", 0, 0, INT64_MAX);
-  out.max_cost_usd = number(r, "max_cost_usd", 0, 0, 1e12);
+  out.max_cost_usd = number(r, "max_cost_usd", 0, 0, max_budget_usd);
   return out;
 }
 
@@ -450,13 +469,9 @@ agent_spec parse_agent(const json& doc,
       if (!tools[i].is_string())
         r.fail(at, "must be a tool name (a string)");
       auto name = tools[i].get<std::string>();
-      if (known.count(name) == 0) {
-        std::string list;
-        for (auto& k : known)
-          list += (list.empty() ? "" : ", ") + k;
+      if (known.count(name) == 0)
         r.fail(at, "unknown tool '" + name + "' (builtin tools and the "
-                   "tools of /tools: " + list + ")");
-      }
+                   "tools of /tools: " + join(known) + ")");
       if (!seen.insert(name).second)
         r.fail(at, "tool '" + name + "' is listed twice");
       spec.tools.push_back(std::move(name));
@@ -666,6 +681,35 @@ std::vector<std::string> team_definition::members() const {
   return out;
 }
 
+namespace {
+
+/// A policy rule that names a role or tool the swarm does not have would
+/// never match: that is a typo, so it is refused with its pointer.
+void check_policy_names(const swarm_definition& def, const object_reader& r,
+                        const std::set<std::string>& tools) {
+  std::set<std::string> roles;
+  for (const auto& a : def.agents)
+    roles.insert(a.role.empty() ? a.name : a.role);
+  for (size_t i = 0; i < def.rules.rules.size(); ++i) {
+    const auto& rule = def.rules.rules[i];
+    auto at = "/policy/rules/" + std::to_string(i);
+    for (size_t k = 0; k < rule.roles.size(); ++k)
+      if (rule.roles[k] != "*" && roles.count(rule.roles[k]) == 0)
+        r.fail(at + "/roles/" + std::to_string(k),
+               "rule '" + rule.name + "' names role '" + rule.roles[k]
+                 + "', which no agent has (roles: " + join(roles)
+                 + "; an agent's role is its name unless it sets one)");
+    for (size_t k = 0; k < rule.tools.size(); ++k)
+      if (rule.tools[k] != "*" && tools.count(rule.tools[k]) == 0)
+        r.fail(at + "/tools/" + std::to_string(k),
+               "rule '" + rule.name + "' names unknown tool '" + rule.tools[k]
+                 + "' (builtin tools and the tools of /tools: " + join(tools)
+                 + ")");
+  }
+}
+
+} // namespace
+
 swarm_definition parse_swarm(const json& doc, const std::string& origin,
                              const std::string& base_dir) {
   object_reader r{origin, "", doc};
@@ -737,6 +781,7 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
       r.fail(pointer + "/name", "agent name '" + spec.name + "' is used twice");
     def.agents.push_back(std::move(spec));
   }
+  check_policy_names(def, r, known);
   if (r.has("teams")) {
     const auto& teams = r.get("teams");
     if (!teams.is_array())
@@ -790,8 +835,11 @@ tool_definition tool_of(const tool_declaration& decl) {
     def = kv_lookup_tool(set.at("file").get<std::string>());
   } else if (decl.name == "calculator") {
     def = calculator_tool();
-  } else {
+  } else if (decl.name == "clock") {
     def = clock_tool();
+  } else {
+    throw std::invalid_argument("tool '" + decl.name + "' is of kind '"
+                                + decl.kind + "', which has no tool to build");
   }
   if (decl.timeout.count() > 0)
     def.timeout = decl.timeout;
@@ -828,16 +876,24 @@ swarm_definition load_swarm(const std::string& path) {
   auto base_dir = fs::path{path}.parent_path().string();
   auto def = parse_swarm(doc, path, base_dir);
   // Check every script and tool file now, so a bad one fails before any run.
-  for (size_t i = 0; i < def.agents.size(); ++i) {
-    const auto& model = def.agents[i].model;
+  auto check_script = [&path](const std::string& model,
+                               const std::string& pointer) {
     if (model.rfind(scripted_prefix, 0) != 0)
-      continue;
+      return;
     try {
-      model_script::load(model.substr(std::char_traits<char>::length(scripted_prefix)));
+      model_script::load(
+        model.substr(std::char_traits<char>::length(scripted_prefix)));
     } catch (const std::exception& ex) {
-      throw swarm_error(path + ": /agents/" + std::to_string(i)
-                        + "/model: " + ex.what());
+      throw swarm_error(path + ": " + pointer + ": " + ex.what());
     }
+  };
+  for (size_t i = 0; i < def.agents.size(); ++i) {
+    const auto& agent = def.agents[i];
+    auto at = "/agents/" + std::to_string(i);
+    check_script(agent.model, at + "/model");
+    if (agent.confidence.enabled)
+      check_script(agent.confidence.alternative_model,
+                   at + "/confidence/alternative_model");
   }
   for (auto& [name, decl] : def.tools) {
     if (decl.kind == "journal")

@@ -6,7 +6,9 @@
 //   {
 //     "name": "support-desk",
 //     "model": "scripted:support.script.json",   // default model of its agents
-//     "tools": {"kv_lookup": {"file": "knowledge.json"}},  // builtin tool settings
+//     "tools": {"kv_lookup": {"file": "knowledge.json"}},  // tool settings and
+//                                                 // declared tools, with guards
+//     "budget": {...}, "prices": {...}, "policy": {...},  // guardrails
 //     "agents": [{"name": "support", "system_prompt": "...",
 //                 "tools": ["calculator", "kv_lookup", "clock"],
 //                 "max_steps": 8, "max_parallel_tools": 4}],
@@ -15,8 +17,12 @@
 //     "entry": "support"                          // an agent or a team
 //   }
 //
-// Relative file paths are resolved against the swarm file's folder. Every
-// error names the file and the JSON pointer of the bad field.
+// Relative paths of files a swarm reads (scripts, lookup tables) are resolved
+// against the swarm file's folder; files it writes (a journal tool's) against
+// the working directory, so a run never writes into the swarm's folder. Every
+// error of the file itself names the file and the JSON pointer of the bad
+// field; errors that only show when the swarm is spawned (a journal file that
+// cannot be opened) name the tool.
 
 #include <map>
 #include <stdexcept>

@@ -260,8 +260,9 @@ int main() {
   for (auto goal : goals) {
     if (++number == 7) {
       // Let send_email's breaker cool down, so its next call is a probe.
-      std::cout << "(waiting out the mail breaker's 1 s cool-down: "
-                << rt.breaker_state("send_email") << ")\n\n";
+      auto state = rt.breaker_state("send_email");
+      std::cout << "(the mail breaker is " << state
+                << "; waiting out its 1 s cool-down)\n\n";
       std::this_thread::sleep_for(1100ms);
     }
     auto r = rt.run(agent, goal);
@@ -269,8 +270,6 @@ int main() {
     std::cout << number << ". " << goal << "\n";
     for (const auto& line : log->take())
       std::cout << "   " << line << "\n";
-    for (const auto& w : r.warnings)
-      std::cout << "   warning: " << w << "\n";
     std::printf("   -> %s after %zu step(s), $%.4f", troupe::to_string(r.status),
                 r.steps.size(), troupe::nusd_to_usd(r.cost_nusd));
     if (!r.error.empty())
