@@ -86,6 +86,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 #include <cstdio>
 #include <cstdlib>
@@ -1641,6 +1642,13 @@ int main(int argc, char** argv) {
     std::string value = argv[i + 1];
     std::vector<int64_t> list;
     const char* expected = nullptr;
+    // A flag that takes one integer of at least `min`.
+    auto one_integer = [&](int64_t min, auto& target) {
+      if (!parse_list(value, min, list) || list.size() != 1)
+        expected = min > 0 ? "one positive integer" : "one integer >= 0";
+      else
+        target = static_cast<std::remove_reference_t<decltype(target)>>(list[0]);
+    };
     if (flag == "--runs") {
       runs = std::atoi(value.c_str());
     } else if (flag == "--floor-round-trips") {
@@ -1658,15 +1666,9 @@ int main(int argc, char** argv) {
       if (workloads.empty())
         expected = "a comma-separated subset of floor, W1, guards, restart, W2, W3";
     } else if (flag == "--guards-agents") {
-      if (!parse_list(value, 1, list) || list.size() != 1)
-        expected = "one positive integer";
-      else
-        guards_agents = list[0];
+      one_integer(1, guards_agents);
     } else if (flag == "--guards-calls") {
-      if (!parse_list(value, 1, list) || list.size() != 1)
-        expected = "one positive integer";
-      else
-        guards_calls = list[0];
+      one_integer(1, guards_calls);
     } else if (flag == "--w2-n") {
       if (!parse_list(value, 1, w2_n))
         expected = "positive integers, comma-separated";
@@ -1677,10 +1679,7 @@ int main(int argc, char** argv) {
       if (!parse_list(value, 1, w3_n))
         expected = "positive integers, comma-separated";
     } else if (flag == "--w3-latency-ms") {
-      if (!parse_list(value, 1, list) || list.size() != 1)
-        expected = "one positive integer";
-      else
-        w3_latency = list[0];
+      one_integer(1, w3_latency);
       w3_auto_latency = false;
     } else if (flag == "--w3-max-gib") {
       w3_max_gib = std::atof(value.c_str());
@@ -1691,15 +1690,9 @@ int main(int argc, char** argv) {
       if (child != "W2" && child != "W3")
         expected = "W2 or W3";
     } else if (flag == "--n") {
-      if (!parse_list(value, 1, list) || list.size() != 1)
-        expected = "one positive integer";
-      else
-        child_n = list[0];
+      one_integer(1, child_n);
     } else if (flag == "--latency-ms") {
-      if (!parse_list(value, 0, list) || list.size() != 1)
-        expected = "one integer >= 0";
-      else
-        child_latency = list[0];
+      one_integer(0, child_latency);
     } else {
       std::fprintf(stderr, "unknown flag %s\n", flag.c_str());
       return 2;
