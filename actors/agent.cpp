@@ -170,6 +170,10 @@ struct active_run {
   size_t in_flight = 0;
   /// Calls of the current step waiting for a human.
   size_t awaiting_approval = 0;
+  /// Calls of the current step held back until every approval of the step
+  /// is decided: a reply is carried out as a whole, so nothing it proposed
+  /// (a confirmation email) runs before the action it goes with is approved.
+  std::vector<size_t> held;
   /// The budget path of this run, its own account last.
   std::vector<budget_scope> budget_path;
   /// The open reservation of the current model call ("" for none).
@@ -883,6 +887,7 @@ void carry_out(agent_self self) {
   run.call_spans.clear();
   run.results.clear();
   run.waiting.clear();
+  run.held.clear();
   run.in_flight = 0;
   run.awaiting_approval = 0;
   run.notes.clear();
@@ -980,6 +985,10 @@ void carry_out(agent_self self) {
              "halted: " + loop_warning);
       return;
     }
+  }
+  if (!approvals.empty()) {
+    run.held.assign(run.waiting.begin(), run.waiting.end());
+    run.waiting.clear();
   }
   for (auto& [index, verdict] : approvals)
     ask_approval(self, index, verdict);
@@ -1220,6 +1229,10 @@ void on_tool_result(agent_self self, size_t index, tool_result r) {
 void act(agent_self self) {
   auto& st = self->state;
   auto& run = *st.run;
+  if (run.awaiting_approval == 0 && !run.held.empty()) {
+    run.waiting.insert(run.waiting.end(), run.held.begin(), run.held.end());
+    run.held.clear();
+  }
   auto limit = static_cast<size_t>(st.spec.max_parallel_tools);
   while (!run.waiting.empty() && run.in_flight < limit) {
     auto index = run.waiting.front();

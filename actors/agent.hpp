@@ -13,7 +13,9 @@
 // by the tool adapter (the JSON Schema) before anything runs; whatever fails
 // becomes an observation the model sees on the next step, never a crash. A
 // call the policy says needs a human waits in AWAITING_APPROVAL (the run's
-// state stays as it is) until the approval gate answers.
+// state stays as it is) until the approval gate answers; the other calls of
+// that reply wait with it, so nothing the reply proposed runs before the
+// action it goes with is decided.
 //
 // Guardrails around each step: before a model call the agent reserves an
 // estimate with the budget actor and starts the call only when it is granted;

@@ -20,6 +20,8 @@
 // starting another. A body that succeeds is recorded in the ledger, also when
 // it finishes after its caller gave up: its side effect happened. So a tool
 // that did its work and then timed out, retried with the same key, runs once.
+// A read-only tool (tool_definition::read_only) is given no ledger: a repeat
+// reads again.
 
 #include <memory>
 

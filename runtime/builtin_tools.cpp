@@ -417,6 +417,7 @@ tool_definition calculator_tool() {
     auto result = calc.evaluate();
     return {{"expression", expression}, {"result", number_result(result)}};
   };
+  def.read_only = true;
   return def;
 }
 
@@ -446,6 +447,7 @@ tool_definition kv_lookup_tool(std::string json_file_path) {
       permanent("no entry for key '" + key + "'; " + known_keys(*table));
     return {{"key", key}, {"found", true}, {"value", *i}};
   };
+  def.read_only = true;
   return def;
 }
 
@@ -471,6 +473,7 @@ tool_definition clock_tool() {
       permanent("clock: cannot format the UTC date");
     return {{"utc", text}, {"unix_ms", ms}};
   };
+  def.read_only = true;
   return def;
 }
 
@@ -501,6 +504,7 @@ tool_definition lookup_tool(std::string name, std::string description,
                 + known_keys(*table));
     return *i;
   };
+  def.read_only = true;
   return def;
 }
 

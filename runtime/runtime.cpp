@@ -191,7 +191,9 @@ tool_actor runtime::tool(const std::string& name, const std::string& version) {
     return i->second;
   // The guards stack in front of the adapter: retrier -> breaker -> limiter.
   const auto& guards = def->definition.guards;
-  tool_actor front = spawn_tool_adapter(*sys_, def, blocking_, ledger_);
+  tool_actor front = spawn_tool_adapter(
+    *sys_, def, blocking_,
+    def->definition.read_only ? ledger_actor{} : ledger_);
   owned_.push_back(front.address());
   if (guards.limits.any()) {
     front = spawn_tool_limiter(*sys_, name, guards.limits, front, tracer_);

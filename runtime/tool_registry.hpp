@@ -110,6 +110,12 @@ struct tool_definition {
   /// locks held for long); the adapter then runs it in place and saves two
   /// thread hand-offs per call, but cannot enforce `timeout` on it.
   bool blocking = true;
+  /// True when the tool only reads (no side effect anywhere): its results
+  /// are not recorded in the idempotency ledger, so a repeated call runs
+  /// again and reads fresh data (duplicates in flight at once still share
+  /// one run). False (the default) is the safe choice for anything that
+  /// changes the world.
+  bool read_only = false;
   /// Retries, circuit breaker, rate and concurrency limits (none by default).
   tool_guards guards;
   /// Which calls are the same call (see idempotency_config).

@@ -259,11 +259,16 @@ int main() {
   int number = 0;
   for (auto goal : goals) {
     if (++number == 7) {
-      // Let send_email's breaker cool down, so its next call is a probe.
+      // Once send_email's breaker has cooled down, its next call is a probe.
       auto state = rt.breaker_state("send_email");
-      std::cout << "(the mail breaker is " << state
-                << "; waiting out its 1 s cool-down)\n\n";
-      std::this_thread::sleep_for(1100ms);
+      if (state == "open") {
+        std::cout << "(the mail breaker is open; waiting out its 1 s "
+                     "cool-down)\n\n";
+        std::this_thread::sleep_for(1100ms);
+      } else {
+        std::cout << "(the mail breaker is " << state
+                  << ": its cool-down has passed)\n\n";
+      }
     }
     auto r = rt.run(agent, goal);
     rt.flush_trace();

@@ -736,6 +736,34 @@ SCENARIO("a globally scoped idempotency key replays a later run's call from "
   }
 }
 
+SCENARIO("a read-only tool reads again instead of replaying from the ledger",
+         "[guardrails][idempotency]") {
+  runtime rt{guarded_config()};
+  auto probe = std::make_shared<tool_probe>();
+  auto stock = probed_tool("stock", probe, json{{"left", 3}});
+  stock.read_only = true;
+  stock.idempotency.scope = idempotency_scope::global;
+  rt.tools().add(stock);
+  auto log = std::make_shared<model_log>();
+  rt.add_model("m", spawn_recording_model(
+                      rt.system(), log,
+                      by_step({call_tools({proposed("stock", {{"sku", "X"}})}),
+                               answer("counted")})));
+  auto agent = rt.spawn_agent(spec_for("clerk", "m", {"stock"}));
+  auto first = rt.run(agent, "how many X?");
+  auto again = rt.run(agent, "how many X now?");
+  THEN("both runs called the tool, with the same key, and nothing replayed") {
+    REQUIRE(first.status == run_status::complete);
+    REQUIRE(again.status == run_status::complete);
+    CHECK_FALSE(first.steps.at(0).tool_results.at(0).replayed);
+    CHECK_FALSE(again.steps.at(0).tool_results.at(0).replayed);
+    CHECK(probe->calls == 2);
+    auto effects = probe->seen_effects();
+    REQUIRE(effects.size() == 1);
+    CHECK(effects.begin()->second == 2);
+  }
+}
+
 SCENARIO("two tasks a team gives one member in one run keep their calls apart",
          "[guardrails][idempotency]") {
   runtime rt{guarded_config()};
@@ -935,6 +963,34 @@ std::vector<chat_response> lookup_then_refund() {
 }
 
 } // namespace
+
+SCENARIO_METHOD(policy_fixture,
+                "the other calls of a reply wait with the one a human must "
+                "approve",
+                "[guardrails]") {
+  model({call_tools({proposed("refund", {{"amount", 500}}),
+                     proposed("lookup", {{"order", 7}})}),
+         answer("handled")});
+  auto future = rt.submit(agent(), "refund order 7 and look it up");
+  auto req = asked->await(0, wait_limit);
+  REQUIRE(req);
+  // Nothing of the reply has run while the human decides.
+  CHECK(calls("lookup") == 0);
+  CHECK(calls("refund") == 0);
+  WHEN("the human denies the refund") {
+    rt.decide(req->request_id, approval_verdict::deny, "bob", "not today");
+    auto r = get_within(future);
+    THEN("the rest of the reply runs, and the refund does not") {
+      REQUIRE(r.status == run_status::complete);
+      CHECK(calls("lookup") == 1);
+      CHECK(calls("refund") == 0);
+      const auto& results = r.steps.at(0).tool_results;
+      REQUIRE(results.size() == 2);
+      CHECK(results[0].error.kind == tool_error_kind::denied);
+      CHECK(results[1].ok);
+    }
+  }
+}
 
 SCENARIO_METHOD(policy_fixture,
                 "policy decisions reach the model as observations",
