@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <unordered_map>
 #include <vector>
 
@@ -71,6 +72,13 @@ struct adapter_state {
   /// Executions by idempotency key (keyed calls only).
   std::unordered_map<std::string, uint64_t> by_key;
   uint64_t next_id = 1;
+  /// Bodies that may run at once (the tool's limits.max_concurrent; 0 = no
+  /// cap), bodies started and not yet done, and executions waiting for one
+  /// to finish. A body counts until it returns, also after its callers timed
+  /// out, so a hung downstream never sees more than the cap.
+  int32_t max_bodies = 0;
+  int32_t running_bodies = 0;
+  std::deque<uint64_t> pending_bodies;
 };
 
 using adapter_self = adapter_actor::stateful_pointer<adapter_state>;
@@ -130,6 +138,11 @@ void answer(adapter_self self, uint64_t id, tool_result r, bool replayed) {
 /// otherwise on the blocking pool.
 void start_body(adapter_self self, uint64_t job) {
   auto& st = self->state;
+  if (st.max_bodies > 0 && st.running_bodies >= st.max_bodies) {
+    st.pending_bodies.push_back(job);
+    return;
+  }
+  ++st.running_bodies;
   auto& ex = st.executions.at(job);
   const auto& def = st.tool->definition;
   auto timeout = wait_limit(st, ex.call);
@@ -196,7 +209,7 @@ void drop_execution(adapter_state& st, uint64_t job) {
   st.executions.erase(i);
 }
 
-void on_done(adapter_self self, tool_job_done& done) {
+void finish_job(adapter_self self, tool_job_done& done) {
   auto& st = self->state;
   auto i = st.executions.find(done.job);
   if (i == st.executions.end())
@@ -232,6 +245,27 @@ void on_done(adapter_self self, tool_job_done& done) {
   }
 }
 
+/// A body returned (or was skipped): its slot goes to the next execution
+/// waiting for one that still has callers.
+void on_done(adapter_self self, tool_job_done& done) {
+  auto& st = self->state;
+  --st.running_bodies;
+  finish_job(self, done);
+  while (!st.pending_bodies.empty()
+         && (st.max_bodies <= 0 || st.running_bodies < st.max_bodies)) {
+    auto job = st.pending_bodies.front();
+    st.pending_bodies.pop_front();
+    auto i = st.executions.find(job);
+    if (i == st.executions.end())
+      continue;
+    if (i->second.waiters.empty()) {
+      drop_execution(st, job); // every caller gave up while it waited
+      continue;
+    }
+    start_body(self, job);
+  }
+}
+
 void on_timeout(adapter_self self, uint64_t id) {
   auto& st = self->state;
   auto i = st.waiters.find(id);
@@ -264,6 +298,8 @@ adapter_actor::behavior_type tool_adapter(adapter_self self, tool_ptr tool,
   self->state.tool = std::move(tool);
   self->state.pool = std::move(pool);
   self->state.ledger = std::move(ledger);
+  self->state.max_bodies
+    = self->state.tool->definition.guards.limits.max_concurrent;
   return {
     [self](tool_call& call) -> caf::result<tool_result> {
       auto& st = self->state;

@@ -22,6 +22,11 @@
 // that did its work and then timed out, retried with the same key, runs once.
 // A read-only tool (tool_definition::read_only) is given no ledger: a repeat
 // reads again.
+//
+// A tool with guards.limits.max_concurrent has its bodies capped here too: a
+// body holds its slot until it returns, also after its callers timed out, so
+// a hung downstream system never has more calls in flight than the cap; a
+// call still waiting for a slot when its caller gives up never runs.
 
 #include <memory>
 

@@ -18,6 +18,8 @@
 #include <utility>
 #include <vector>
 
+#include <caf/scoped_actor.hpp>
+
 #include "actors/events.hpp"
 #include "actors/scripted_model.hpp"
 #include "runtime/runtime.hpp"
@@ -1322,6 +1324,72 @@ SCENARIO("runs that go round in circles are warned about or halted",
 }
 
 // -- rate limiter -------------------------------------------------------------
+
+SCENARIO("a tool's concurrency cap holds while a timed-out body still runs",
+         "[guardrails]") {
+  // The downstream system hangs: each body blocks until the test lets go.
+  struct gate {
+    std::mutex mtx;
+    std::condition_variable cv;
+    bool open = false;
+    int running = 0;
+    int peak = 0;
+    int ran = 0;
+  };
+  auto g = std::make_shared<gate>();
+  int peak = 0;
+  int ran = 0;
+  {
+    runtime rt{guarded_config()}; // 4 blocking threads: room for 3 bodies
+    tool_definition hang;
+    hang.name = "hang";
+    hang.description = "Calls a system that hangs";
+    hang.parameters = json{{"type", "object"}};
+    hang.timeout = 100ms;
+    hang.guards.limits.max_concurrent = 1;
+    hang.fn = [g](const json&, const tool_context&) {
+      std::unique_lock<std::mutex> lock{g->mtx};
+      ++g->ran;
+      g->peak = std::max(g->peak, ++g->running);
+      g->cv.wait_for(lock, std::chrono::seconds{20}, [&] { return g->open; });
+      --g->running;
+      return json{{"done", true}};
+    };
+    rt.tools().add(hang);
+    std::vector<tool_error_kind> kinds;
+    {
+      auto front = rt.tool("hang");
+      caf::scoped_actor self{rt.system()};
+      for (int i = 1; i <= 3; ++i) {
+        tool_call call;
+        call.call_id = "c" + std::to_string(i);
+        call.name = "hang";
+        call.args = json::object();
+        call.idempotency_key = "hang-" + std::to_string(i);
+        self->send(front, std::move(call));
+      }
+      for (int i = 0; i < 3; ++i)
+        self->receive([&](tool_result& r) { kinds.push_back(r.error.kind); },
+                      caf::after(wait_limit) >> [] { FAIL("no tool result"); });
+    }
+    CHECK(kinds
+          == std::vector<tool_error_kind>(3, tool_error_kind::timeout));
+    {
+      std::lock_guard<std::mutex> guard{g->mtx};
+      g->open = true;
+    }
+    g->cv.notify_all();
+    rt.shutdown(); // drains the blocking pool
+    std::lock_guard<std::mutex> guard{g->mtx};
+    peak = g->peak;
+    ran = g->ran;
+  }
+  THEN("one body ran at a time, and the calls that timed out while waiting "
+       "for the slot never ran") {
+    CHECK(peak == 1);
+    CHECK(ran == 1);
+  }
+}
 
 SCENARIO("a tool's rate limiter spaces the parallel calls of one reply",
          "[guardrails]") {
