@@ -224,6 +224,8 @@ struct account {
   std::array<bool, 4> warned{};
   /// Closed by budget_close: removed as soon as it has no children.
   bool closed = false;
+  /// A charge exceeded its reservation (logged once per account).
+  bool overran = false;
   steady::time_point last_active;
 
   int64_t limit(limit_kind k) const {
@@ -521,10 +523,25 @@ void on_charge(budget_state& st, const budget_charge& c) {
     st.release(*a, c.reservation_id);
     return;
   }
-  if (a->open.count(c.reservation_id) == 0)
+  if (auto r = a->open.find(c.reservation_id); r == a->open.end()) {
     spdlog::debug("budget: charge to '{}' for reservation '{}', which is not "
                   "open; counting the usage anyway",
                   c.account, c.reservation_id);
+  } else if (c.usage.tokens.input_tokens > r->second.tokens.input_tokens
+             || c.usage.tokens.output_tokens > r->second.tokens.output_tokens
+             || c.usage.cost_nusd > r->second.cost_nusd) {
+    // The limits were checked against the estimate: say where it fell
+    // short, once per account.
+    auto level = a->overran ? spdlog::level::debug : spdlog::level::warn;
+    a->overran = true;
+    if (spdlog::should_log(level))
+      spdlog::log(level,
+                  "budget: '{}' used more than reservation '{}' set aside "
+                  "({} used, {} reserved); raise the agent's usage_estimate "
+                  "to keep its limits strict",
+                  c.account, c.reservation_id, describe(c.usage),
+                  describe(r->second));
+  }
   st.release(*a, c.reservation_id);
   auto active = steady::now();
   for (auto* x : st.chain(*a)) {

@@ -9,6 +9,11 @@
 #include <utility>
 #include <vector>
 
+#include <sstream>
+
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/event_based_actor.hpp>
@@ -808,4 +813,31 @@ TEST_CASE_METHOD(budget_fixture,
   rc.estimate = amount(1, 1, 1, 1);
   rc.fits = 777;
   race(*this, rc);
+}
+
+TEST_CASE_METHOD(budget_fixture,
+                 "usage beyond its reservation is logged once per account",
+                 "[budget]") {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  auto budget = spawn_budget(sys, config(step_limit(10)));
+  std::vector<budget_scope> path{scope("run-over")};
+  for (auto id : {"a", "b"}) {
+    REQUIRE(reserve(budget, reservation(path, id, amount(1, 100, 10))).granted);
+    self->send(budget, charge("run-over", id, amount(1, 400, 10)));
+  }
+  // Answered after both charges: they were sent first.
+  auto used = query(budget, "run-over").used;
+  spdlog::set_default_logger(previous);
+  CHECK(used == amount(2, 800, 20));
+  auto text = log.str();
+  auto first = text.find("[warning] budget: 'run-over' used more than "
+                         "reservation 'a' set aside (1 step, 400 input + 10 "
+                         "output tokens");
+  REQUIRE(first != std::string::npos);
+  // The second overrun of the same account is not logged as a warning.
+  CHECK(text.find("used more than", text.find('\n', first))
+        == std::string::npos);
 }
