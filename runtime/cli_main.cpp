@@ -30,8 +30,6 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/atom.hpp>
 #include <caf/io/middleman.hpp>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "actors/events.hpp"
 #include "messages/type_ids.hpp"
@@ -516,8 +514,7 @@ int main(int argc, char** argv) {
     return code == 0 ? 0 : exit_bad_input;
   }
   // Logs go to stderr: stdout carries the answer.
-  spdlog::set_default_logger(spdlog::stderr_color_mt("troupe"));
-  spdlog::set_level(spdlog::level::from_str(log_level));
+  troupe::log_to_stderr(log_level);
   if (*run)
     return cmd_run(swarm_path, goal, trace_path, quiet, as_json, timeout_s,
                    max_steps, serve_approvals);

@@ -12,6 +12,7 @@
 #include <caf/io/middleman.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "actors/scripted_model.hpp"
@@ -280,6 +281,14 @@ runnable_actor runtime::spawn_supervised_agent(agent_spec spec,
                                               links.tracer);
   own(front.address());
   return front;
+}
+
+void log_to_stderr(const std::string& level) {
+  auto logger = spdlog::get("troupe");
+  if (!logger)
+    logger = spdlog::stderr_color_mt("troupe");
+  spdlog::set_default_logger(std::move(logger));
+  spdlog::set_level(spdlog::level::from_str(level));
 }
 
 run_task runtime::make_task(std::string goal, const run_options& opts) const {

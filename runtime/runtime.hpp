@@ -102,6 +102,11 @@ struct run_options {
   std::string run_id;
 };
 
+/// Sends troupe's log lines (spdlog's default logger) to stderr at `level`
+/// ("trace", "debug", "info", "warn", "error", "off"), for programs whose
+/// stdout carries their results. Call it before starting a runtime.
+void log_to_stderr(const std::string& level = "info");
+
 /// Called once with a run's result, on an actor thread: keep it short.
 using run_callback = std::function<void(run_result)>;
 

@@ -17,6 +17,7 @@
 #include "supervisors/teams.hpp"
 
 int main(int argc, char** argv) {
+  troupe::log_to_stderr(); // stdout is the example's own output
   std::string dir = TROUPE_EXAMPLE_DIR;
   std::string goal = argc > 1 ? argv[1]
                               : "Ship online table booking for the restaurant app";

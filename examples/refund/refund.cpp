@@ -132,6 +132,7 @@ size_t lines_in(const std::string& path) {
 } // namespace
 
 int main() {
+  troupe::log_to_stderr(); // stdout is the example's own output
   std::string dir = TROUPE_EXAMPLE_DIR;
   std::string model = "scripted:" + dir + "/refund.script.json";
   for (auto file : {"refunds.jsonl", "outbox.jsonl", "refund-drafts.jsonl"})

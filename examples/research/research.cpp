@@ -13,6 +13,7 @@
 #include "supervisors/teams.hpp"
 
 int main(int argc, char** argv) {
+  troupe::log_to_stderr(); // stdout is the example's own output
   std::string dir = TROUPE_EXAMPLE_DIR;
   std::string goal = argc > 1 ? argv[1]
                               : "Should we replace the office gas boiler with "
