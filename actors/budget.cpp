@@ -508,6 +508,23 @@ budget_verdict on_reserve(budget_self self, budget_reserve& req) {
   return verdict;
 }
 
+/// Whether `used` passed `reserved` in a kind some account from `a` up to
+/// the root limits (passing an estimate nothing limits is harmless).
+bool overran_a_limit(budget_state& st, account& a, const budget_amount& used,
+                     const budget_amount& reserved) {
+  bool input = used.tokens.input_tokens > reserved.tokens.input_tokens;
+  bool output = used.tokens.output_tokens > reserved.tokens.output_tokens;
+  bool cost = used.cost_nusd > reserved.cost_nusd;
+  if (!input && !output && !cost)
+    return false;
+  for (auto* x : st.chain(a))
+    if ((input && x->limits.max_input_tokens > 0)
+        || (output && x->limits.max_output_tokens > 0)
+        || (cost && x->max_cost_nusd > 0))
+      return true;
+  return false;
+}
+
 void on_charge(budget_state& st, const budget_charge& c) {
   auto* a = st.find(c.account);
   if (a == nullptr) {
@@ -527,9 +544,7 @@ void on_charge(budget_state& st, const budget_charge& c) {
     spdlog::debug("budget: charge to '{}' for reservation '{}', which is not "
                   "open; counting the usage anyway",
                   c.account, c.reservation_id);
-  } else if (c.usage.tokens.input_tokens > r->second.tokens.input_tokens
-             || c.usage.tokens.output_tokens > r->second.tokens.output_tokens
-             || c.usage.cost_nusd > r->second.cost_nusd) {
+  } else if (overran_a_limit(st, *a, c.usage, r->second)) {
     // The limits were checked against the estimate: say where it fell
     // short, once per account.
     auto level = a->overran ? spdlog::level::debug : spdlog::level::warn;
@@ -537,8 +552,9 @@ void on_charge(budget_state& st, const budget_charge& c) {
     if (spdlog::should_log(level))
       spdlog::log(level,
                   "budget: '{}' used more than reservation '{}' set aside "
-                  "({} used, {} reserved); raise the agent's usage_estimate "
-                  "to keep its limits strict",
+                  "(used {}; reserved {}); its limits were checked against "
+                  "the reservation: raise the agent's usage_estimate to keep "
+                  "them strict",
                   c.account, c.reservation_id, describe(c.usage),
                   describe(r->second));
   }

@@ -822,20 +822,29 @@ TEST_CASE_METHOD(budget_fixture,
   auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
   auto previous = spdlog::default_logger();
   spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
-  auto budget = spawn_budget(sys, config(step_limit(10)));
+  budget_limits tokens;
+  tokens.max_input_tokens = 5000;
+  auto budget = spawn_budget(sys, config(tokens));
   std::vector<budget_scope> path{scope("run-over")};
   for (auto id : {"a", "b"}) {
     REQUIRE(reserve(budget, reservation(path, id, amount(1, 100, 10))).granted);
     self->send(budget, charge("run-over", id, amount(1, 400, 10)));
   }
-  // Answered after both charges: they were sent first.
+  // Output past its estimate, where nothing limits output: not worth a word.
+  std::vector<budget_scope> other{scope("run-free")};
+  REQUIRE(reserve(budget, reservation(other, "c", amount(1, 100, 10))).granted);
+  self->send(budget, charge("run-free", "c", amount(1, 100, 900)));
+  // Answered after the charges: they were sent first.
   auto used = query(budget, "run-over").used;
+  auto free_used = query(budget, "run-free").used;
   spdlog::set_default_logger(previous);
   CHECK(used == amount(2, 800, 20));
+  CHECK(free_used == amount(1, 100, 900));
   auto text = log.str();
+  CHECK(text.find("run-free") == std::string::npos);
   auto first = text.find("[warning] budget: 'run-over' used more than "
-                         "reservation 'a' set aside (1 step, 400 input + 10 "
-                         "output tokens");
+                         "reservation 'a' set aside (used 1 step, 400 input "
+                         "+ 10 output tokens");
   REQUIRE(first != std::string::npos);
   // The second overrun of the same account is not logged as a warning.
   CHECK(text.find("used more than", text.find('\n', first))
