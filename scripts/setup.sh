@@ -8,6 +8,7 @@ packages=(
   libcaf-dev             # actors, remoting, TLS between nodes (CAF 0.17.6)
   nlohmann-json3-dev     # JSON
   libboost-dev libssl-dev # Beast/Asio HTTP, TLS
+  openssl                # the command line: test certificates (TLS tests)
   libspdlog-dev          # logging
   catch2                 # tests (Catch2 v2)
   libsqlite3-dev sqlite3 # embedded store
