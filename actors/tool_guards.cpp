@@ -436,14 +436,17 @@ public:
   admission_queue(limiter_config cfg, steady::time_point now)
     : cfg_(std::move(cfg)),
       tokens_(std::max(cfg_.burst, int32_t{1})),
+      model_tokens_(cfg_.tokens_per_minute),
       refilled_(now) {
     // nop
   }
 
-  /// Queues call `id` (ids grow with arrival).
-  void push(uint64_t id, int32_t priority, std::string agent) {
+  /// Queues call `id` (ids grow with arrival) that is expected to use
+  /// `weight` model tokens (0 for a tool call).
+  void push(uint64_t id, int32_t priority, std::string agent,
+            double weight = 0) {
     slot_key key{priority, id};
-    queue_.emplace(key, std::move(agent));
+    queue_.emplace(key, waiting_call{std::move(agent), weight});
     index_.emplace(id, key);
   }
 
@@ -471,11 +474,12 @@ public:
   std::vector<uint64_t> admit(steady::time_point now) {
     refill(now);
     blocked_on_tokens_ = false;
+    blocked_on_model_tokens_ = 0;
     std::vector<uint64_t> out;
     for (auto i = queue_.begin(); i != queue_.end();) {
       if (cfg_.max_concurrent > 0 && running_ >= cfg_.max_concurrent)
         break;
-      const auto& agent = i->second;
+      const auto& agent = i->second.agent;
       if (cfg_.max_concurrent_per_agent > 0
           && running_of(agent) >= cfg_.max_concurrent_per_agent) {
         ++i;
@@ -486,8 +490,19 @@ public:
           blocked_on_tokens_ = true;
           break;
         }
-        tokens_ = std::max(tokens_ - 1, 0.0);
       }
+      if (cfg_.tokens_per_minute > 0) {
+        // A call larger than a whole minute's tokens goes when the bucket
+        // is full, and leaves it in debt.
+        auto need = std::min(i->second.weight, cfg_.tokens_per_minute);
+        if (model_tokens_ < need - epsilon) {
+          blocked_on_model_tokens_ = need;
+          break;
+        }
+        model_tokens_ -= i->second.weight;
+      }
+      if (cfg_.rate_per_sec > 0)
+        tokens_ = std::max(tokens_ - 1, 0.0);
       ++running_;
       ++per_agent_[agent];
       out.push_back(i->first.id);
@@ -497,8 +512,13 @@ public:
     return out;
   }
 
-  /// Frees the slot of an admitted call of `agent`.
-  void release(const std::string& agent) {
+  /// Frees the slot of an admitted call of `agent` that was expected to use
+  /// `weight` model tokens and used `used`: the difference goes back to the
+  /// bucket (or is owed to it).
+  void release(const std::string& agent, double weight = 0, double used = 0) {
+    if (cfg_.tokens_per_minute > 0)
+      model_tokens_ = std::min(model_tokens_ + weight - used,
+                               cfg_.tokens_per_minute);
     running_ = std::max(running_ - 1, 0);
     auto i = per_agent_.find(agent);
     if (i != per_agent_.end() && --i->second <= 0)
@@ -509,12 +529,17 @@ public:
   /// for want of one.
   std::optional<std::chrono::microseconds>
   refill_in(steady::time_point now) const {
-    if (!blocked_on_tokens_)
+    double seconds = 0;
+    if (blocked_on_tokens_)
+      seconds = (1 - tokens_) / cfg_.rate_per_sec;
+    else if (blocked_on_model_tokens_ > 0)
+      seconds = (blocked_on_model_tokens_ - model_tokens_)
+                / (cfg_.tokens_per_minute / 60);
+    else
       return std::nullopt;
     auto due = refilled_
                + std::chrono::duration_cast<steady::duration>(
-                 std::chrono::duration<double>((1 - tokens_)
-                                               / cfg_.rate_per_sec));
+                 std::chrono::duration<double>(std::max(seconds, 0.0)));
     auto left = std::chrono::ceil<std::chrono::microseconds>(due - now);
     return std::max(left, std::chrono::microseconds{1});
   }
@@ -528,12 +553,18 @@ public:
       rate << "rate " << cfg_.rate_per_sec << "/s";
       parts.push_back(rate.str());
     }
+    if (cfg_.tokens_per_minute > 0 && blocked_on_model_tokens_ > 0
+        && model_tokens_ < blocked_on_model_tokens_ - epsilon) {
+      std::ostringstream rate;
+      rate << "tokens " << cfg_.tokens_per_minute << "/min";
+      parts.push_back(rate.str());
+    }
     if (cfg_.max_concurrent > 0 && running_ >= cfg_.max_concurrent)
       parts.push_back(std::to_string(running_) + " of "
                       + std::to_string(cfg_.max_concurrent) + " running");
     auto i = index_.find(id);
     if (i != index_.end() && cfg_.max_concurrent_per_agent > 0) {
-      const auto& agent = queue_.at(i->second);
+      const auto& agent = queue_.at(i->second).agent;
       if (running_of(agent) >= cfg_.max_concurrent_per_agent)
         parts.push_back(std::to_string(running_of(agent)) + " of "
                         + std::to_string(cfg_.max_concurrent_per_agent)
@@ -569,22 +600,36 @@ private:
   }
 
   void refill(steady::time_point now) {
-    if (cfg_.rate_per_sec <= 0 || now <= refilled_)
+    if (now <= refilled_)
       return;
     auto seconds = std::chrono::duration<double>(now - refilled_).count();
-    tokens_ = std::min<double>(std::max(cfg_.burst, int32_t{1}),
-                               tokens_ + seconds * cfg_.rate_per_sec);
+    if (cfg_.rate_per_sec > 0)
+      tokens_ = std::min<double>(std::max(cfg_.burst, int32_t{1}),
+                                 tokens_ + seconds * cfg_.rate_per_sec);
+    if (cfg_.tokens_per_minute > 0)
+      model_tokens_ = std::min(cfg_.tokens_per_minute,
+                               model_tokens_
+                                 + seconds * cfg_.tokens_per_minute / 60);
     refilled_ = now;
   }
 
+  struct waiting_call {
+    std::string agent;
+    double weight = 0;
+  };
+
   limiter_config cfg_;
   double tokens_ = 1;
+  /// The tokens-per-minute bucket (may go below zero: a debt).
+  double model_tokens_ = 0;
   steady::time_point refilled_;
   bool blocked_on_tokens_ = false;
+  /// The model tokens the first call held by the bucket needs (0 = none).
+  double blocked_on_model_tokens_ = 0;
   int32_t running_ = 0;
   std::unordered_map<std::string, int32_t> per_agent_;
   /// Waiting calls: key -> agent.
-  std::map<slot_key, std::string> queue_;
+  std::map<slot_key, waiting_call> queue_;
   std::unordered_map<uint64_t, slot_key> index_;
 };
 
@@ -621,6 +666,12 @@ struct tool_side {
   static stub stub_of(const tool_call& x) {
     return {x.call_id, x.name};
   }
+  static double weight(const tool_call&) {
+    return 0;
+  }
+  static double used(const tool_result&) {
+    return 0;
+  }
   static void reject(caf::typed_response_promise<tool_result>& p,
                      const tool_call& x, std::string why) {
     p.deliver(refusal(x, tool_error_kind::rate_limited, std::move(why)));
@@ -651,6 +702,27 @@ struct model_side {
   }
   static stub stub_of(const chat_request&) {
     return {};
+  }
+  /// The tokens a call is expected to use: its text at four characters a
+  /// token, plus the output it may produce (max_tokens when set).
+  static double weight(const chat_request& x) {
+    size_t chars = 0;
+    for (const auto& m : x.messages) {
+      chars += m.content.size();
+      for (const auto& c : m.tool_calls)
+        chars += c.name.size() + c.raw_arguments.size();
+    }
+    for (const auto& t : x.tools)
+      chars += t.name.size() + t.description.size();
+    double out = 0;
+    const auto& p = x.params.value;
+    for (const char* key : {"max_tokens", "max_completion_tokens"})
+      if (p.is_object() && p.contains(key) && p[key].is_number())
+        out = std::max(out, p[key].get<double>());
+    return static_cast<double>(chars) / 4 + out;
+  }
+  static double used(const chat_response& r) {
+    return static_cast<double>(r.usage.input_tokens + r.usage.output_tokens);
   }
   static void reject(caf::typed_response_promise<chat_response>& p,
                      const chat_request&, std::string why) {
@@ -712,17 +784,19 @@ void forward(limiter_self<Side> self, uint64_t id) {
   }
   auto agent = Side::agent(w.call);
   auto stub = Side::stub_of(w.call);
+  auto weight = Side::weight(w.call);
   auto timeout = forward_timeout(Side::deadline_ms(w.call));
   self->request(st.inner, timeout, std::move(w.call))
     .then(
-      [self, agent, promise = w.promise](
+      [self, agent, weight, promise = w.promise](
         typename Side::result_type& r) mutable {
-        self->state.queue.release(agent);
+        self->state.queue.release(agent, weight, Side::used(r));
         promise.deliver(std::move(r));
         pump<Side>(self);
       },
-      [self, agent, stub, promise = w.promise](caf::error& err) mutable {
-        self->state.queue.release(agent);
+      [self, agent, weight, stub, promise = w.promise](caf::error& err) mutable {
+        // A call that failed is assumed to have used nothing.
+        self->state.queue.release(agent, weight, 0);
         Side::fail(promise, stub, err);
         pump<Side>(self);
       });
@@ -762,7 +836,8 @@ limiter(limiter_self<Side> self, std::string subject, limiter_config cfg,
       auto promise =
         self->template make_response_promise<typename Side::result_type>();
       auto now = steady::now();
-      st.queue.push(id, Side::ref(call).priority, Side::agent(call));
+      st.queue.push(id, Side::ref(call).priority, Side::agent(call),
+                    Side::weight(call));
       auto& w = st.waiters[id];
       w.promise = promise;
       w.call = std::move(call);
@@ -925,6 +1000,8 @@ void validate(const tool_guards& guards, const std::string& tool) {
                        l.max_concurrent_per_agent);
   require_non_negative(tool, "limits.max_wait (ms)", l.max_wait.count());
   require_non_negative(tool, "limits.max_queue", l.max_queue);
+  if (!std::isfinite(l.tokens_per_minute) || l.tokens_per_minute < 0)
+    invalid(tool, "limits.tokens_per_minute must be a finite number >= 0");
 }
 
 tool_actor spawn_retrier(caf::actor_system& sys, std::string tool,

@@ -113,11 +113,15 @@ struct limiter_config {
   std::chrono::milliseconds max_wait{30000};
   /// Calls that may wait at once; more fail at once as rate_limited.
   int32_t max_queue = 10000;
+  /// Model endpoints: tokens (input and output) admitted per minute; 0 = no
+  /// limit. A call takes its estimate (text / 4 + max_tokens) when admitted,
+  /// and what it really used is settled when it returns.
+  double tokens_per_minute = 0;
 
   /// Whether any limit is set (no limiter is put in the path otherwise).
   bool any() const {
     return rate_per_sec > 0 || max_concurrent > 0
-           || max_concurrent_per_agent > 0;
+           || max_concurrent_per_agent > 0 || tokens_per_minute > 0;
   }
 };
 

@@ -60,6 +60,14 @@ std::string error_text(const caf::error& err) {
   return render(err.code(), err.category(), err.context());
 }
 
+std::string error_sentence(const caf::error& err) {
+  const auto& context = err.context();
+  if (err && err.category() == error_category && context.size() == 1
+      && context.match_element<std::string>(0))
+    return context.get_as<std::string>(0);
+  return error_text(err);
+}
+
 std::string exception_text(const std::exception_ptr& eptr) {
   try {
     if (eptr)

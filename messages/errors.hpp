@@ -47,6 +47,10 @@ caf::error make_error(errc code, std::string what);
 /// One line for any caf::error: troupe's own sentence, CAF's text otherwise.
 std::string error_text(const caf::error& err);
 
+/// Only the sentence of a troupe error (without its code name), for errors
+/// that are quoted inside another; error_text() for any other error.
+std::string error_sentence(const caf::error& err);
+
 /// The what() of an exception, or "unknown exception" for one that is not a
 /// std::exception (for exception handlers).
 std::string exception_text(const std::exception_ptr& eptr);

@@ -201,8 +201,15 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
     return exit_bad_input;
   }
   troupe::runtime_config cfg;
-  // The swarm's budget, prices, policy and model limits.
+  // The swarm's budget, prices, policy, models and model limits.
   troupe::configure(cfg, def);
+  try {
+    // TROUPE_MODEL moves every agent to one (real) model.
+    cfg.model_override = troupe::model_override_from_env();
+  } catch (const std::exception& ex) {
+    std::cerr << "error: " << ex.what() << "\n";
+    return exit_bad_input;
+  }
   cfg.trace_path = trace_path;
   // The middleman (a thread, a socket multiplexer) only to serve approvals.
   cfg.load_middleman = !approvals_addr.empty();

@@ -15,6 +15,8 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "actors/http_model.hpp"
+#include "actors/model_gateway.hpp"
 #include "actors/scripted_model.hpp"
 #include "actors/tool_adapter.hpp"
 #include "messages/errors.hpp"
@@ -27,7 +29,6 @@ namespace troupe {
 
 namespace {
 
-constexpr const char* scripted_prefix = "scripted:";
 
 /// How long an agent waits for a tool call through its guards: every attempt,
 /// every backoff at its cap and every wait in a limiter's queue.
@@ -144,6 +145,47 @@ void runtime::add_model(const std::string& name, model_actor model) {
   models_.insert_or_assign(name, std::move(model));
 }
 
+model_actor runtime::endpoint(const std::string& name) {
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    auto i = endpoints_.find(name);
+    if (i != endpoints_.end())
+      return i->second;
+  }
+  auto [kind, rest] = split_model_name(name);
+  model_actor actor;
+  if (kind == "scripted") {
+    if (rest.empty())
+      throw std::invalid_argument("model '" + name
+                                  + "': scripted: needs a script file path");
+    std::shared_ptr<const model_script> script;
+    try {
+      script = model_script::load(rest);
+    } catch (const std::exception& ex) {
+      throw std::invalid_argument(ex.what());
+    }
+    actor = spawn_scripted_model(*sys_, std::move(script));
+  } else if (!kind.empty()) {
+    auto s = cfg_.models.find(name);
+    auto cfg = http_model_from(name, s == cfg_.models.end() ? model_settings{}
+                                                            : s->second);
+    actor = spawn_http_model(*sys_, std::move(cfg), http(), tracer_);
+  } else {
+    throw std::invalid_argument(
+      "unknown model '" + name
+      + "': register it with add_model, or name it scripted:FILE, "
+        "openai:MODEL_ID or anthropic:MODEL_ID");
+  }
+  own(actor.address());
+  actor = limit_model(name, std::move(actor));
+  std::lock_guard<std::mutex> guard{mtx_};
+  // Another thread may have made the same endpoint meanwhile; keep the first.
+  auto [i, added] = endpoints_.emplace(name, actor);
+  if (!added)
+    caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+  return i->second;
+}
+
 model_actor runtime::model(const std::string& name) {
   ensure_running("model");
   {
@@ -152,29 +194,48 @@ model_actor runtime::model(const std::string& name) {
     if (i != models_.end())
       return i->second;
   }
-  if (name.rfind(scripted_prefix, 0) != 0)
-    throw std::invalid_argument(
-      "unknown model '" + name
-      + "': register it with add_model or name a script as scripted:FILE");
-  auto path = name.substr(std::char_traits<char>::length(scripted_prefix));
-  if (path.empty())
-    throw std::invalid_argument("model '" + name
-                                + "': scripted: needs a script file path");
-  std::shared_ptr<const model_script> script;
-  try {
-    script = model_script::load(path);
-  } catch (const std::exception& ex) {
-    throw std::invalid_argument(ex.what());
+  auto front = endpoint(name);
+  auto s = cfg_.models.find(name);
+  if (s != cfg_.models.end()) {
+    const auto& settings = s->second;
+    if (!settings.fallback.empty()) {
+      std::vector<fallback_member> chain{{name, front}};
+      for (const auto& next : settings.fallback) {
+        if (next == name)
+          throw std::invalid_argument("model '" + name
+                                      + "': its fallback chain names itself");
+        try {
+          // A member is asked as itself, not through its own chain.
+          chain.push_back({next, endpoint(next)});
+        } catch (const std::invalid_argument& ex) {
+          throw std::invalid_argument("model '" + name + "': fallback '"
+                                      + next + "': " + ex.what());
+        }
+      }
+      front = spawn_model_fallback(*sys_, name, std::move(chain),
+                                   std::chrono::minutes{10}, tracer_);
+      own(front.address());
+    }
+    if (settings.cache) {
+      front = spawn_model_cache(*sys_, name, settings.cache_config,
+                                std::move(front), tracer_);
+      own(front.address());
+    }
   }
-  model_actor actor = spawn_scripted_model(*sys_, std::move(script));
-  own(actor.address());
-  actor = limit_model(name, std::move(actor));
   std::lock_guard<std::mutex> guard{mtx_};
-  // Another thread may have loaded the same script meanwhile; keep the first.
-  auto [i, added] = models_.emplace(name, actor);
-  if (!added)
-    caf::anon_send_exit(actor, caf::exit_reason::user_shutdown);
+  auto [i, added] = models_.emplace(name, front);
+  if (!added && front != i->second && s != cfg_.models.end())
+    caf::anon_send_exit(front, caf::exit_reason::user_shutdown);
   return i->second;
+}
+
+std::shared_ptr<http_client> runtime::http() {
+  std::lock_guard<std::mutex> guard{mtx_};
+  if (stopped_)
+    throw std::logic_error("http: the runtime has been shut down");
+  if (!http_)
+    http_ = std::make_shared<http_client>(*io_, cfg_.http);
+  return http_;
 }
 
 tool_actor runtime::tool(const std::string& name, const std::string& version) {
@@ -216,6 +277,11 @@ tool_actor runtime::tool(const std::string& name, const std::string& version) {
 
 agent_links runtime::resolve(agent_spec& spec) {
   validate(spec);
+  if (!cfg_.model_override.empty()) {
+    spec.model = cfg_.model_override;
+    if (!spec.confidence.alternative_model.empty())
+      spec.confidence.alternative_model = cfg_.model_override;
+  }
   if (spec.model.empty())
     spec.model = cfg_.default_model;
   if (spec.model.empty())
@@ -529,8 +595,13 @@ void runtime::shutdown() {
     stopped_ = true;
     owned.swap(owned_);
     models_.clear();
+    endpoints_.clear();
     adapters_.clear();
   }
+  // HTTP requests in flight complete with "client stopped" now, before the
+  // actors waiting for them go.
+  if (http_)
+    http_->stop();
   // Everything but the tracer first (agents answer their waiting callers as
   // they stop); then the tracer is flushed, so it writes every record sent so
   // far, and stopped.

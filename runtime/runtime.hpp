@@ -37,12 +37,14 @@
 #include "actors/tool_guards.hpp"
 #include "actors/tracer.hpp"
 #include "messages/run.hpp"
+#include "runtime/model_config.hpp"
 #include "runtime/tool_registry.hpp"
 #include "supervisors/supervised_agent.hpp"
 
 namespace troupe {
 
 class blocking_pool;
+class http_client;
 class io_pool;
 
 /// How a runtime is set up.
@@ -79,8 +81,17 @@ struct runtime_config {
   approval_gate_config approvals;
   /// How many completed tool calls the idempotency ledger keeps, how long.
   ledger_config ledger;
-  /// Rate and concurrency limits per model name (as agents name them).
+  /// Rate and concurrency limits per model name (as agents name them):
+  /// requests (rate_per_sec), tokens per minute, calls at once and a queue.
   std::map<std::string, limiter_config> model_limits;
+  /// Settings per model name: endpoints, streaming, retries, fallback
+  /// chains, caches (see runtime/model_config.hpp).
+  std::map<std::string, model_settings> models;
+  /// When set, every agent uses this model instead of its own (the examples
+  /// and the CLI set it from TROUPE_MODEL).
+  std::string model_override;
+  /// The HTTP client's settings (extra CA file, peer verification).
+  http_client_options http;
 };
 
 /// Per-run settings.
@@ -129,9 +140,11 @@ public:
   /// Registers a model actor under a name agents can use.
   void add_model(const std::string& name, model_actor model);
 
-  /// The model actor for a name: a registered one, or "scripted:FILE" (the
-  /// script is loaded once per file). Throws std::invalid_argument naming the
-  /// model when it is unknown or its script is bad.
+  /// The model actor for a name: a registered one, "scripted:FILE" (the
+  /// script is loaded once per file), or "openai:ID" / "anthropic:ID" (an
+  /// HTTP endpoint), behind its limiter, fallback chain and cache when
+  /// configured. Throws std::invalid_argument naming the model when it is
+  /// unknown, its script is bad or its endpoint cannot be set up.
   model_actor model(const std::string& name);
 
   /// The actor serving a registered tool (one adapter per tool and version).
@@ -226,6 +239,9 @@ public:
   /// The I/O threads' pool.
   io_pool& io();
 
+  /// The HTTP client HTTP models send with (made on first use).
+  std::shared_ptr<http_client> http();
+
   /// The pool that runs tool bodies.
   std::shared_ptr<blocking_pool> blocking();
 
@@ -249,6 +265,10 @@ private:
   /// Puts the configured limiter (if any) in front of a model.
   model_actor limit_model(const std::string& name, model_actor model);
 
+  /// The scripted or HTTP model of a name behind its limiter, without its
+  /// fallback chain and cache (made once per name).
+  model_actor endpoint(const std::string& name);
+
   runtime_config cfg_;
   tool_registry tools_;
   std::unique_ptr<caf::actor_system_config> sys_cfg_;
@@ -263,6 +283,9 @@ private:
   std::shared_ptr<const troupe::policy> policy_;
   mutable std::mutex mtx_;
   std::map<std::string, model_actor> models_;
+  /// Limited endpoints by name (members of fallback chains among them).
+  std::map<std::string, model_actor> endpoints_;
+  std::shared_ptr<http_client> http_;
   std::map<std::string, tool_actor> adapters_;
   /// Breakers by tool name and version ("name@1.0.0").
   std::map<std::string, breaker_actor> breakers_;

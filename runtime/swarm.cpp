@@ -170,6 +170,15 @@ std::string resolve_model(const std::string& model, const std::string& base_dir)
   return scripted_prefix + (fs::path{base_dir} / file).lexically_normal().string();
 }
 
+/// Checks that a swarm names a model troupe can make.
+void check_model_name(const object_reader& r, const std::string& pointer,
+                      const std::string& model) {
+  if (split_model_name(model).first.empty())
+    r.fail(pointer, "model '" + model
+                      + "' must be scripted:FILE, openai:MODEL_ID or "
+                        "anthropic:MODEL_ID");
+}
+
 std::string resolve_path(const std::string& path, const std::string& base_dir) {
   fs::path p = path;
   if (p.is_absolute() || base_dir.empty())
@@ -209,6 +218,70 @@ std::chrono::milliseconds millis(const object_reader& r, const std::string& key,
     r.integer(key, fallback.count(), min, 7 * 24 * 3600 * 1000LL)};
 }
 
+/// An entry of /models: how one model is reached and guarded.
+model_settings parse_model_settings(const std::string& model, const json& doc,
+                                    const std::string& pointer,
+                                    const std::string& origin,
+                                    const std::string& base_dir) {
+  object_reader r{origin, pointer, doc};
+  r.only({"base_url", "api_key_env", "stream", "connect_timeout_ms",
+          "request_timeout_ms", "retry", "default_max_tokens", "fallback",
+          "cache"});
+  model_settings s;
+  auto kind = split_model_name(model).first;
+  bool http = kind == "openai" || kind == "anthropic";
+  for (const char* key : {"base_url", "api_key_env", "stream",
+                          "connect_timeout_ms", "request_timeout_ms", "retry",
+                          "default_max_tokens"})
+    if (!http && r.has(key))
+      r.fail(r.at(key), std::string{"only HTTP models (openai:, anthropic:) "
+                                    "take '"} + key + "'");
+  s.base_url = r.str("base_url", false);
+  if (!s.base_url.empty() && s.base_url.rfind("http://", 0) != 0
+      && s.base_url.rfind("https://", 0) != 0)
+    r.fail(r.at("base_url"), "must start with http:// or https://");
+  s.api_key_env = r.str("api_key_env", false);
+  s.stream = boolean(r, "stream", false);
+  s.connect_timeout = millis(r, "connect_timeout_ms", s.connect_timeout, 1);
+  s.request_timeout = millis(r, "request_timeout_ms", s.request_timeout, 1);
+  s.default_max_tokens =
+    r.integer("default_max_tokens", s.default_max_tokens, 1, 10000000);
+  if (r.has("retry")) {
+    object_reader x{origin, r.at("retry"), r.get("retry")};
+    x.only({"max_retries", "base_ms", "cap_ms", "max_retry_after_ms"});
+    auto& p = s.retry;
+    p.max_retries =
+      static_cast<int32_t>(x.integer("max_retries", p.max_retries, 0, 100));
+    p.base = millis(x, "base_ms", p.base);
+    p.cap = millis(x, "cap_ms", p.cap);
+    p.max_retry_after = millis(x, "max_retry_after_ms", p.max_retry_after);
+    if (p.base > p.cap)
+      x.fail(x.at("base_ms"), "must not exceed cap_ms");
+  }
+  s.fallback = r.names("fallback", false);
+  for (size_t i = 0; i < s.fallback.size(); ++i) {
+    auto at = append_pointer(r.at("fallback"), std::to_string(i));
+    s.fallback[i] = resolve_model(s.fallback[i], base_dir);
+    check_model_name(r, at, s.fallback[i]);
+    if (s.fallback[i] == model)
+      r.fail(at, "a model cannot fall back to itself");
+  }
+  if (r.has("cache")) {
+    const auto& c = r.get("cache");
+    if (c.is_boolean()) {
+      s.cache = c.get<bool>();
+    } else {
+      object_reader x{origin, r.at("cache"), c};
+      x.only({"max_entries", "ttl_ms"});
+      s.cache = true;
+      s.cache_config.max_entries = static_cast<size_t>(
+        x.integer("max_entries", 1024, 1, 100000000));
+      s.cache_config.ttl = millis(x, "ttl_ms", s.cache_config.ttl, 1);
+    }
+  }
+  return s;
+}
+
 /// An enum field read through its JSON names.
 template <class Enum>
 Enum enum_value(const object_reader& r, const std::string& key, Enum fallback) {
@@ -243,10 +316,18 @@ std::vector<tool_error_kind> error_kinds(const object_reader& r,
 limiter_config parse_limits(const json& doc, const std::string& pointer,
                             const std::string& origin) {
   object_reader r{origin, pointer, doc};
-  r.only({"rate_per_sec", "burst", "max_concurrent", "max_concurrent_per_agent",
-          "max_wait_ms", "max_queue"});
+  r.only({"rate_per_sec", "requests_per_minute", "tokens_per_minute", "burst",
+          "max_concurrent", "max_concurrent_per_agent", "max_wait_ms",
+          "max_queue"});
   limiter_config out;
   out.rate_per_sec = number(r, "rate_per_sec", 0, 0, 1e9);
+  if (r.has("requests_per_minute")) {
+    if (r.has("rate_per_sec"))
+      r.fail(r.at("requests_per_minute"),
+             "set rate_per_sec or requests_per_minute, not both");
+    out.rate_per_sec = number(r, "requests_per_minute", 0, 0, 6e10) / 60;
+  }
+  out.tokens_per_minute = number(r, "tokens_per_minute", 0, 0, 1e12);
   out.burst = static_cast<int32_t>(r.integer("burst", 1, 1, 1000000));
   out.max_concurrent =
     static_cast<int32_t>(r.integer("max_concurrent", 0, 0, 1000000));
@@ -445,6 +526,8 @@ agent_spec parse_agent(const json& doc,
   }
   spec.approval_ttl = millis(r, "approval_ttl_ms", spec.approval_ttl, 1);
   spec.model = resolve_model(r.str("model", false, default_model), base_dir);
+  if (!spec.model.empty())
+    check_model_name(r, r.has("model") ? r.at("model") : pointer, spec.model);
   if (spec.model.empty())
     r.fail(pointer, "agent '" + spec.name
                       + "' has no model: set 'model' here or at the top level");
@@ -714,7 +797,7 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
                              const std::string& base_dir) {
   object_reader r{origin, "", doc};
   r.only({"name", "description", "model", "tools", "agents", "teams", "entry",
-          "budget", "prices", "policy", "model_limits"});
+          "budget", "prices", "policy", "model_limits", "models"});
   swarm_definition def;
   def.origin = origin;
   def.name = r.str("name", false, fs::path{origin}.stem().string());
@@ -764,6 +847,15 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
       def.rules = parse_policy(r.get("policy"), origin, "/policy");
     } catch (const policy_error& ex) {
       throw swarm_error(ex.what());
+    }
+  }
+  if (r.has("models")) {
+    object_reader models{origin, "/models", r.get("models")};
+    for (auto& item : r.get("models").items()) {
+      auto name = resolve_model(item.key(), base_dir);
+      check_model_name(models, models.at(item.key()), name);
+      def.models[name] = parse_model_settings(
+        name, item.value(), models.at(item.key()), origin, base_dir);
     }
   }
   if (r.has("model_limits")) {
@@ -859,6 +951,8 @@ void configure(runtime_config& cfg, const swarm_definition& def) {
     cfg.policy = def.rules;
   for (const auto& [model, limits] : def.model_limits)
     cfg.model_limits[model] = limits;
+  for (const auto& [model, settings] : def.models)
+    cfg.models[model] = settings;
 }
 
 swarm_definition load_swarm(const std::string& path) {

@@ -32,6 +32,7 @@
 #include "actors/agent.hpp"
 #include "actors/budget.hpp"
 #include "actors/tool_guards.hpp"
+#include "runtime/model_config.hpp"
 #include "runtime/policy.hpp"
 #include "runtime/tool_registry.hpp"
 #include "messages/json_value.hpp"
@@ -111,6 +112,9 @@ struct swarm_definition {
   price_table prices;
   troupe::policy rules;
   std::map<std::string, limiter_config> model_limits;
+  /// How each model of /models is reached (endpoint, streaming, retries,
+  /// fallback chain, cache).
+  std::map<std::string, model_settings> models;
   std::vector<agent_spec> agents;
   /// Teams, in an order where every team comes after the teams it contains.
   std::vector<team_definition> teams;

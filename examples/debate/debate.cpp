@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
                               : "Should our company move to a four-day work week?";
   troupe::timeline chart;
   troupe::runtime_config cfg;
+  // TROUPE_MODEL=openai:gpt-4o-mini (or anthropic:...) runs it on a real model.
+  cfg.model_override = troupe::model_override_from_env();
   cfg.trace_path = "debate-trace.jsonl";
   cfg.trace_listeners.push_back(chart.listener());
   cfg.default_model = "scripted:" + dir + "/debate.script.json";

@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
                               : "Ship online table booking for the restaurant app";
   troupe::timeline chart;
   troupe::runtime_config cfg;
+  // TROUPE_MODEL=openai:gpt-4o-mini (or anthropic:...) runs it on a real model.
+  cfg.model_override = troupe::model_override_from_env();
   cfg.trace_path = "project-trace.jsonl";
   cfg.trace_listeners.push_back(chart.listener());
   cfg.default_model = "scripted:" + dir + "/project.script.json";

@@ -140,6 +140,8 @@ int main() {
 
   auto log = std::make_shared<guardrail_log>();
   troupe::runtime_config cfg;
+  // TROUPE_MODEL=openai:gpt-4o-mini (or anthropic:...) runs it on a real model.
+  cfg.model_override = troupe::model_override_from_env();
   cfg.trace_path = "refund-trace.jsonl";
   cfg.trace_listeners.push_back([log](const troupe::json& r) { (*log)(r); });
   cfg.load_middleman = false;

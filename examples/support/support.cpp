@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
                               : "A customer asks: what is your refund policy, "
                                 "and how much is 15% of 240 EUR?";
   troupe::runtime_config cfg;
+  // TROUPE_MODEL=openai:gpt-4o-mini (or anthropic:...) runs it on a real model.
+  cfg.model_override = troupe::model_override_from_env();
   cfg.trace_path = "support-trace.jsonl";
   troupe::runtime rt{cfg};
 
