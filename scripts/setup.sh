@@ -16,6 +16,13 @@ packages=(
   libcli11-dev           # the troupe command line
 )
 
+# node and npm run the interop test's mock LLM server (tests/interop/mock-llm,
+# @dwmkerr/mock-llm from npm). Asked for only when the commands are missing:
+# a node from elsewhere (e.g. NodeSource's nodejs, which bundles npm and
+# conflicts with Debian's npm package) is kept as it is.
+command -v node >/dev/null 2>&1 || packages+=(nodejs)
+command -v npm >/dev/null 2>&1 || packages+=(npm)
+
 # A package counts as present only when dpkg says it is fully installed.
 missing=()
 for pkg in "${packages[@]}"; do
