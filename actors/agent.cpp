@@ -585,14 +585,6 @@ void on_reply(agent_self self, const std::string& model_span,
               const std::string& asked, chat_response& resp) {
   auto& st = self->state;
   auto& run = *st.run;
-  st.trace.end(run.trace_id, model_span,
-               [&] { return json{{"gen_ai.usage.input_tokens", resp.usage.input_tokens},
-                    {"gen_ai.usage.output_tokens", resp.usage.output_tokens},
-                    {"gen_ai.response.finish_reasons",
-                     json::array({resp.finish_reason})},
-                    {"gen_ai.response.model", resp.model}}; });
-  run.result.usage += resp.usage;
-  run.step.usage = resp.usage;
   // Cost: the model that answered when it is priced, else the one asked.
   int64_t cost = 0;
   if (st.links.prices) {
@@ -602,6 +594,15 @@ void on_reply(agent_self self, const std::string& model_span,
                     : asked;
     cost = prices.cost_nusd(priced, resp.usage);
   }
+  st.trace.end(run.trace_id, model_span,
+               [&] { return json{{"gen_ai.usage.input_tokens", resp.usage.input_tokens},
+                    {"gen_ai.usage.output_tokens", resp.usage.output_tokens},
+                    {"gen_ai.response.finish_reasons",
+                     json::array({resp.finish_reason})},
+                    {"gen_ai.response.model", resp.model},
+                    {"troupe.cost_nusd", cost}}; });
+  run.result.usage += resp.usage;
+  run.step.usage = resp.usage;
   run.step.cost_nusd = cost;
   run.result.cost_nusd += cost;
   if (st.links.budget && !run.reservation.empty()) {

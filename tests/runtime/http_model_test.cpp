@@ -376,6 +376,19 @@ TEST_CASE("a slow endpoint past its request timeout fails over to the "
   CHECK(backup.requests()[0].api == "anthropic");
   // Priced at the backup's rate: 10 input tokens at $1/M, 5 output at $2/M.
   CHECK(result.cost_nusd == 10 * 1000 + 5 * 2000);
+  // The model call's span says who answered and what it cost.
+  {
+    std::lock_guard<std::mutex> guard{f.trace->mtx};
+    size_t priced = 0;
+    for (const auto& r : f.trace->records)
+      if (r.value("type", "") == "span"
+          && r["attributes"].value("gen_ai.response.model", "")
+               == "anthropic:backup") {
+        CHECK(r["attributes"]["troupe.cost_nusd"] == 20000);
+        ++priced;
+      }
+    CHECK(priced == 1);
+  }
   auto fallbacks = f.trace->named("model.fallback");
   REQUIRE(fallbacks.size() == 1);
   CHECK(fallbacks[0]["attributes"]["troupe.model.failed"] == "openai:primary");
