@@ -6,7 +6,8 @@
 #
 # 1. Installs the pinned server with `npm ci` into <work-dir>/mock-llm (in the
 #    build tree; nothing is written to the source tree).
-# 2. Starts it on 127.0.0.1 and a free port, with the rules in config.yaml.
+# 2. Starts it on 127.0.0.1 and a free port, with the rules in config.yaml,
+#    or in the file MOCK_LLM_CONFIG names when set (e.g. research.yaml).
 #    The server binds every interface unless HOST is set; this script sets
 #    HOST=127.0.0.1 and checks that nothing listens beyond loopback.
 # 3. Runs <command> with MOCK_LLM_BASE_URL=http://127.0.0.1:<port>/v1 (and
@@ -21,7 +22,11 @@ readonly skip=77
 readonly package=@dwmkerr/mock-llm
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly here
-readonly config=$here/config.yaml
+# The rules: MOCK_LLM_CONFIG (a path; relative to the current directory) or
+# config.yaml next to this script.
+config=${MOCK_LLM_CONFIG:-$here/config.yaml}
+[[ $config == /* ]] || config=$PWD/$config
+readonly config
 
 say() { echo "mock-llm: $*"; }
 fail() { echo "mock-llm: FAILED: $*" >&2; exit 1; }
@@ -200,7 +205,7 @@ for attempt in 1 2 3; do
   fail "the server exited with status $status before it answered"
 done
 [[ -n $port ]] || fail "could not start the server"
-say "server is up: http://127.0.0.1:$port (log: $server_log)"
+say "server is up: http://127.0.0.1:$port (config: $config; log: $server_log)"
 
 # The server must listen on loopback only.
 addresses=$(listen_addresses "$port") || fail "cannot read /proc/net/tcp to check the bound address"
