@@ -79,6 +79,10 @@ json as_blocks(json content) {
 /// Appends a turn, merged into the previous one when that has the same role:
 /// the API wants user and assistant turns to alternate.
 void append_turn(json& messages, const char* role, json content) {
+  // The API refuses empty text turns (an empty reply at max_tokens, say):
+  // leave them out; the turns around them merge if they share a role.
+  if (content.is_string() && content.get_ref<const std::string&>().empty())
+    return;
   if (!messages.empty() && messages.back()["role"] == role) {
     auto& prev = messages.back()["content"];
     prev = as_blocks(std::move(prev));
@@ -354,14 +358,35 @@ private:
 json encode_request(const chat_request& req, const model_wire_options& opts) {
   auto body = json::object();
   const auto& params = req.params.value;
-  if (params.is_object())
-    for (auto i = params.begin(); i != params.end(); ++i) {
-      const auto& key = i.key();
-      if (key == "model" || key == "messages" || key == "stream")
-        continue;
-      body[key] = key == "tool_choice" ? translate_tool_choice(i.value())
-                                       : i.value();
+  // Parameters the Messages API takes pass; OpenAI's spellings of the same
+  // translate; OpenAI-only ones (n, seed, response_format, ...) are left out,
+  // since the API refuses unknown fields and a fallback chain may send one
+  // agent's parameters to both providers.
+  static const char* const passed[] = {"max_tokens", "temperature", "top_p",
+                                       "top_k", "stop_sequences", "metadata",
+                                       "thinking", "service_tier"};
+  if (params.is_object()) {
+    for (const char* key : passed)
+      if (params.contains(key))
+        body[key] = params[key];
+    if (params.contains("tool_choice"))
+      body["tool_choice"] = translate_tool_choice(params["tool_choice"]);
+    if (!body.contains("max_tokens") && params.contains("max_completion_tokens"))
+      body["max_tokens"] = params["max_completion_tokens"];
+    if (!body.contains("stop_sequences") && params.contains("stop")) {
+      const auto& stop = params["stop"];
+      if (stop.is_string())
+        body["stop_sequences"] = json::array({stop});
+      else if (stop.is_array())
+        body["stop_sequences"] = stop;
     }
+    if (params.value("parallel_tool_calls", true) == false) {
+      if (!body.contains("tool_choice"))
+        body["tool_choice"] = {{"type", "auto"}};
+      if (body["tool_choice"].is_object())
+        body["tool_choice"]["disable_parallel_tool_use"] = true;
+    }
+  }
   body["model"] = opts.model_id;
   if (!body["max_tokens"].is_number_integer())
     body["max_tokens"] = opts.default_max_tokens;

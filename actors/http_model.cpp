@@ -67,6 +67,8 @@ struct http_model_state {
   static inline const char* name = "troupe.http_model";
   http_model_config cfg;
   std::string url;
+  /// The URL as errors name it: without its query, which may hold a key.
+  std::string where;
   std::shared_ptr<http_client> client;
   tracer_actor tracer;
   span_recorder trace;
@@ -163,17 +165,42 @@ json delta_attributes(const model_delta& d) {
   return out;
 }
 
-/// What a completed exchange means, computed on the I/O thread.
-http_model_outcome judge(const http_model_config& cfg, uint64_t id,
-                         http_response& resp,
-                         model_stream_decoder* decoder,
-                         const std::string& stream_error) {
+/// `text` with every secret of `cfg` (its key, its extra header values)
+/// replaced: a provider or a proxy may echo a key in an error body.
+std::string redact(std::string text, const http_model_config& cfg) {
+  auto hide = [&text](const std::string& secret) {
+    if (secret.size() < 6)
+      return;
+    for (auto pos = text.find(secret); pos != std::string::npos;
+         pos = text.find(secret, pos))
+      text.replace(pos, secret.size(), "[redacted]");
+  };
+  hide(cfg.api_key);
+  for (const auto& h : cfg.headers)
+    hide(h.second);
+  return text;
+}
+
+/// Whether a provider error reported inside a 200 stream may pass on
+/// another attempt (the same overload as a 529 or 503 would).
+bool transient_stream_error(const std::string& text) {
+  for (const char* kind : {"overloaded", "rate_limit", "server_error",
+                           "api_error", "timeout"})
+    if (text.find(kind) != std::string::npos)
+      return true;
+  return false;
+}
+
+http_model_outcome judge_unredacted(const http_model_config& cfg, uint64_t id,
+                                    http_response& resp,
+                                    model_stream_decoder* decoder,
+                                    const std::string& stream_error) {
   http_model_outcome out;
   out.call = id;
   out.status = resp.status;
   if (!resp.ok()) {
     out.error = resp.error;
-    out.transient = true;
+    out.transient = !resp.permanent;
     return out;
   }
   if (resp.status < 200 || resp.status >= 300) {
@@ -185,6 +212,7 @@ http_model_outcome judge(const http_model_config& cfg, uint64_t id,
   if (decoder != nullptr) {
     if (!stream_error.empty()) {
       out.error = stream_error;
+      out.transient = transient_stream_error(stream_error);
       return out;
     }
     auto r = decoder->finish();
@@ -204,6 +232,17 @@ http_model_outcome judge(const http_model_config& cfg, uint64_t id,
     return out;
   }
   out.response = std::move(*r);
+  return out;
+}
+
+/// What a completed exchange means, computed on the I/O thread; no secret
+/// of `cfg` survives in its error.
+http_model_outcome judge(const http_model_config& cfg, uint64_t id,
+                         http_response& resp, model_stream_decoder* decoder,
+                         const std::string& stream_error) {
+  auto out = judge_unredacted(cfg, id, resp, decoder, stream_error);
+  if (!out.error.empty())
+    out.error = redact(std::move(out.error), cfg);
   return out;
 }
 
@@ -235,11 +274,13 @@ void send_attempt(http_model_self self, uint64_t id) {
   };
   auto ss = std::make_shared<stream_state>();
   ss->decoder = make_decoder(st.cfg);
-  auto trace = st.trace;
+  // Callbacks may outlive the actor system on a stopped I/O context: they
+  // hold the tracer weakly.
+  caf::actor_addr tracer = st.tracer ? st.tracer.address() : caf::actor_addr{};
   auto ref = call.req.ref;
   st.client->request(
     std::move(req),
-    [ss, trace, ref](sse_event ev) {
+    [ss, tracer, ref](sse_event ev) {
       if (!ss->error.empty())
         return;
       ss->deltas.clear();
@@ -247,6 +288,9 @@ void send_attempt(http_model_self self, uint64_t id) {
         ss->error = error_sentence(err);
         return;
       }
+      if (ss->deltas.empty())
+        return;
+      span_recorder trace{caf::actor_cast<tracer_actor>(tracer)};
       for (const auto& d : ss->deltas)
         trace.event(ref.trace_id, ref.span_id, "model.delta",
                     [&] { return delta_attributes(d); });
@@ -283,7 +327,7 @@ void on_outcome(http_model_self self, http_model_outcome& out) {
     st.calls.erase(i);
     return;
   }
-  auto what = "model '" + st.cfg.name + "' (" + st.url + "): "
+  auto what = "model '" + st.cfg.name + "' (" + st.where + "): "
               + out.error;
   bool retryable = out.transient || retryable_status(out.status);
   if (!retryable || call.attempt > st.cfg.retry.max_retries) {
@@ -341,6 +385,7 @@ http_model_actor::behavior_type http_model(http_model_self self,
                                            tracer_actor tracer) {
   auto& st = self->state;
   st.url = endpoint_url(cfg);
+  st.where = st.url.substr(0, st.url.find('?'));
   st.cfg = std::move(cfg);
   st.client = std::move(client);
   st.trace = span_recorder{tracer};
@@ -424,8 +469,14 @@ void validate(const http_model_config& cfg) {
     bad("no model id (the part after \"openai:\" or \"anthropic:\")");
   if (cfg.base_url.rfind("http://", 0) != 0
       && cfg.base_url.rfind("https://", 0) != 0)
-    bad("base URL '" + cfg.base_url
-        + "' must start with http:// or https://");
+    bad("the base URL must start with http:// or https://");
+  auto authority = cfg.base_url.substr(cfg.base_url.find("//") + 2);
+  authority = authority.substr(0, authority.find_first_of("/?#"));
+  if (authority.find('@') != std::string::npos)
+    bad("the base URL must not carry user info (user:password@); give the "
+        "key through the environment");
+  if (authority.empty())
+    bad("the base URL names no host");
   if (cfg.connect_timeout.count() <= 0 || cfg.request_timeout.count() <= 0)
     bad("connect_timeout and request_timeout must be > 0");
   const auto& r = cfg.retry;
@@ -459,9 +510,12 @@ parse_retry_after(const std::string& value, int64_t now_unix_ms) {
     try {
       size_t used = 0;
       auto seconds = std::stod(text, &used);
-      if (used != text.size() || !std::isfinite(seconds) || seconds < 0
-          || seconds > 1e9)
+      if (used != text.size() || std::isnan(seconds) || seconds < 0)
         return std::nullopt;
+      // Longer than anyone waits (and than a timer holds): a week stands in,
+      // which exceeds any max_retry_after.
+      if (!std::isfinite(seconds) || seconds > 7 * 24 * 3600.0)
+        return milliseconds{7LL * 24 * 3600 * 1000};
       return milliseconds{static_cast<int64_t>(std::ceil(seconds * 1000))};
     } catch (const std::exception&) {
       return std::nullopt;

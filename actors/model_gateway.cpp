@@ -54,7 +54,18 @@ void ask_member(fallback_self self, std::shared_ptr<fallback_try> t,
                 size_t index) {
   auto& st = self->state;
   const auto& member = st.chain[index];
-  self->request(member.model, member_wait(t->req, st.member_timeout), t->req)
+  // A member gets its share of the time left, so a hanging one leaves the
+  // next ones time to answer.
+  auto req = t->req;
+  auto members_left = static_cast<int64_t>(st.chain.size() - index);
+  if (req.deadline_ms > 0 && members_left > 1) {
+    auto now = now_ms();
+    auto left = req.deadline_ms - now;
+    if (left > 0)
+      req.deadline_ms = now + left / members_left;
+  }
+  auto wait = member_wait(req, st.member_timeout);
+  self->request(member.model, wait, std::move(req))
     .then([t](chat_response& resp) mutable { t->promise.deliver(std::move(resp)); },
           [self, t, index](caf::error& err) mutable {
             auto& st = self->state;
@@ -238,6 +249,9 @@ std::string model_cache_key(const chat_request& req) {
            {"messages", req.messages},
            {"tools", req.tools},
            {"params", req.params.value}};
+  // A scripted model answers by agent too: its replies are not shared.
+  if (req.model.rfind("scripted:", 0) == 0)
+    key["agent"] = req.agent;
   return key.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 

@@ -474,7 +474,7 @@ public:
   std::vector<uint64_t> admit(steady::time_point now) {
     refill(now);
     blocked_on_tokens_ = false;
-    blocked_on_model_tokens_ = 0;
+    blocked_on_model_tokens_ = false;
     std::vector<uint64_t> out;
     for (auto i = queue_.begin(); i != queue_.end();) {
       if (cfg_.max_concurrent > 0 && running_ >= cfg_.max_concurrent)
@@ -496,7 +496,8 @@ public:
         // is full, and leaves it in debt.
         auto need = std::min(i->second.weight, cfg_.tokens_per_minute);
         if (model_tokens_ < need - epsilon) {
-          blocked_on_model_tokens_ = need;
+          blocked_on_model_tokens_ = true;
+          model_tokens_needed_ = need;
           break;
         }
         model_tokens_ -= i->second.weight;
@@ -532,8 +533,8 @@ public:
     double seconds = 0;
     if (blocked_on_tokens_)
       seconds = (1 - tokens_) / cfg_.rate_per_sec;
-    else if (blocked_on_model_tokens_ > 0)
-      seconds = (blocked_on_model_tokens_ - model_tokens_)
+    else if (blocked_on_model_tokens_)
+      seconds = (model_tokens_needed_ - model_tokens_)
                 / (cfg_.tokens_per_minute / 60);
     else
       return std::nullopt;
@@ -553,8 +554,8 @@ public:
       rate << "rate " << cfg_.rate_per_sec << "/s";
       parts.push_back(rate.str());
     }
-    if (cfg_.tokens_per_minute > 0 && blocked_on_model_tokens_ > 0
-        && model_tokens_ < blocked_on_model_tokens_ - epsilon) {
+    if (cfg_.tokens_per_minute > 0 && blocked_on_model_tokens_
+        && model_tokens_ < model_tokens_needed_ - epsilon) {
       std::ostringstream rate;
       rate << "tokens " << cfg_.tokens_per_minute << "/min";
       parts.push_back(rate.str());
@@ -624,8 +625,10 @@ private:
   double model_tokens_ = 0;
   steady::time_point refilled_;
   bool blocked_on_tokens_ = false;
-  /// The model tokens the first call held by the bucket needs (0 = none).
-  double blocked_on_model_tokens_ = 0;
+  /// The last admit() stopped at a call the tokens-per-minute bucket holds,
+  /// which needs this many tokens in it.
+  bool blocked_on_model_tokens_ = false;
+  double model_tokens_needed_ = 0;
   int32_t running_ = 0;
   std::unordered_map<std::string, int32_t> per_agent_;
   /// Waiting calls: key -> agent.

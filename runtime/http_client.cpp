@@ -269,8 +269,10 @@ public:
     if (finished_)
       return;
     attempts_ = 1;
-    if (url_.tls && !core_->tls_error.empty())
+    if (url_.tls && !core_->tls_error.empty()) {
+      resp_.permanent = true;
       return complete_error(core_->tls_error);
+    }
     if (conn_) {
       reused_ = true;
       send();
@@ -285,6 +287,7 @@ public:
       return;
     if (conn_)
       conn_->close();
+    resp_.permanent = true;
     complete_error(why + " (request to " + url_.authority() + " cancelled)");
   }
 
@@ -361,6 +364,10 @@ private:
       return;
     if (ec)
       return fail(ec, "connect");
+    // A request is written whole; small writes (TLS records) must not wait
+    // for the peer's delayed ACK.
+    beast::error_code ignored;
+    conn_->lowest().socket().set_option(tcp::no_delay{true}, ignored);
     if (!conn_->tls)
       return send();
     auto& stream = *conn_->tls;
@@ -637,6 +644,7 @@ void http_client::request(http_request req, event_callback on_event,
     asio::post(core_->ctx, [done = std::move(done), why = std::move(why)] {
       http_response resp;
       resp.error = why;
+      resp.permanent = true;
       invoke_user("completion", done, std::move(resp));
     });
   };

@@ -78,6 +78,9 @@ struct http_response {
   std::string error;
   /// Connection attempts made: 2 when a stale pooled connection was retried.
   int attempts = 0;
+  /// The failure is not worth another attempt: the client was stopped, or
+  /// the URL or the TLS settings are bad.
+  bool permanent = false;
 
   /// True when the exchange completed (whatever the status).
   bool ok() const noexcept {
@@ -90,8 +93,9 @@ struct http_response {
 
 /// Settings shared by every request of one client.
 struct http_client_options {
-  /// Idle keep-alive connections kept per (scheme, host, port).
-  size_t max_idle_per_host = 8;
+  /// Idle keep-alive connections kept per (scheme, host, port): as many as
+  /// requests run at once to one host, or the excess ones reconnect.
+  size_t max_idle_per_host = 32;
   /// A PEM file of extra trusted CAs, added to the system store.
   std::string ca_file;
   /// Verify the server's certificate chain and host name (HTTPS).

@@ -1,5 +1,7 @@
 #include "runtime/model_config.hpp"
 
+#include <algorithm>
+#include <cctype>
 #include <stdexcept>
 
 namespace troupe {
@@ -69,6 +71,15 @@ http_model_config http_model_from(const std::string& name,
     cfg.base_url = p->url;
   auto key_env = settings.api_key_env.empty() ? std::string{p->key_env}
                                               : settings.api_key_env;
+  auto name_char = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
+  };
+  if (std::isdigit(static_cast<unsigned char>(key_env[0]))
+      || !std::all_of(key_env.begin(), key_env.end(), name_char))
+    // Never repeat it: it may be a key pasted in the wrong place.
+    throw std::invalid_argument(
+      "model '" + name + "': api_key_env must name an environment variable "
+      "(letters, digits and _); put the key itself in that variable");
   cfg.api_key = env(key_env);
   if (cfg.api_key.empty() && own_endpoint)
     throw std::invalid_argument(

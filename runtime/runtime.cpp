@@ -623,6 +623,9 @@ void runtime::shutdown() {
   // The actor system's destructor waits for every actor to finish.
   sys_.reset();
   sys_cfg_.reset();
+  // The HTTP models held the client too; it goes before its io_context.
+  std::lock_guard<std::mutex> guard{mtx_};
+  http_.reset();
 }
 
 } // namespace troupe

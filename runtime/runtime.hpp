@@ -239,7 +239,8 @@ public:
   /// The I/O threads' pool.
   io_pool& io();
 
-  /// The HTTP client HTTP models send with (made on first use).
+  /// The HTTP client HTTP models send with (made on first use). It runs on
+  /// the runtime's I/O threads: drop every copy before the runtime goes.
   std::shared_ptr<http_client> http();
 
   /// The pool that runs tool bodies.

@@ -1,6 +1,7 @@
 #include "runtime/swarm.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -240,7 +241,24 @@ model_settings parse_model_settings(const std::string& model, const json& doc,
   if (!s.base_url.empty() && s.base_url.rfind("http://", 0) != 0
       && s.base_url.rfind("https://", 0) != 0)
     r.fail(r.at("base_url"), "must start with http:// or https://");
+  if (s.base_url.substr(0, s.base_url.find_first_of("/?#", 8)).find('@')
+      != std::string::npos)
+    r.fail(r.at("base_url"), "must not carry user info (user:password@); the "
+                             "key comes from the environment");
   s.api_key_env = r.str("api_key_env", false);
+  // The name of a variable, never its value: a key pasted here by mistake
+  // is refused without being repeated.
+  auto valid_name = [](const std::string& n) {
+    if (n.empty() || std::isdigit(static_cast<unsigned char>(n[0])))
+      return false;
+    return std::all_of(n.begin(), n.end(), [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
+    });
+  };
+  if (r.has("api_key_env") && !valid_name(s.api_key_env))
+    r.fail(r.at("api_key_env"), "must name an environment variable (letters, "
+                                "digits and _, not starting with a digit); "
+                                "put the key itself in that variable");
   s.stream = boolean(r, "stream", false);
   s.connect_timeout = millis(r, "connect_timeout_ms", s.connect_timeout, 1);
   s.request_timeout = millis(r, "request_timeout_ms", s.request_timeout, 1);
@@ -854,6 +872,9 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
     for (auto& item : r.get("models").items()) {
       auto name = resolve_model(item.key(), base_dir);
       check_model_name(models, models.at(item.key()), name);
+      if (def.models.count(name) != 0)
+        models.fail(models.at(item.key()),
+                    "names model '" + name + "' a second time");
       def.models[name] = parse_model_settings(
         name, item.value(), models.at(item.key()), origin, base_dir);
     }

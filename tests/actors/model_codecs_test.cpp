@@ -663,6 +663,47 @@ TEST_CASE("anthropic codec: encodes system, tools, max_tokens and params",
   CHECK(plain["stream"] == true);
 }
 
+TEST_CASE("anthropic codec: OpenAI parameters are translated or left out",
+          "[codec]") {
+  auto body = anthropic::encode_request(
+    request({msg(chat_role::user, "hi")},
+            json{{"max_completion_tokens", 77},
+                 {"stop", "END"},
+                 {"parallel_tool_calls", false},
+                 {"n", 2},
+                 {"seed", 7},
+                 {"response_format", {{"type", "json_object"}}},
+                 {"top_k", 5}}),
+    wire());
+  CHECK(body["max_tokens"] == 77);
+  CHECK(body["stop_sequences"] == json::array({"END"}));
+  CHECK(body["tool_choice"]
+        == json{{"type", "auto"}, {"disable_parallel_tool_use", true}});
+  CHECK(body["top_k"] == 5);
+  CHECK_FALSE(body.contains("n"));
+  CHECK_FALSE(body.contains("seed"));
+  CHECK_FALSE(body.contains("response_format"));
+  CHECK_FALSE(body.contains("stop"));
+  CHECK_FALSE(body.contains("max_completion_tokens"));
+}
+
+TEST_CASE("anthropic codec: empty text turns are left out and the turns "
+          "around them merge",
+          "[codec]") {
+  // An empty reply (cut at max_tokens), then the runtime's nudge.
+  auto body = anthropic::encode_request(
+    request({msg(chat_role::user, "Weather?"), msg(chat_role::assistant, ""),
+             msg(chat_role::user, "Please answer.")},
+            json::object()),
+    wire());
+  REQUIRE(body["messages"].size() == 1);
+  CHECK(body["messages"][0]["role"] == "user");
+  auto blocks = body["messages"][0]["content"];
+  REQUIRE(blocks.size() == 2);
+  CHECK(blocks[0]["text"] == "Weather?");
+  CHECK(blocks[1]["text"] == "Please answer.");
+}
+
 TEST_CASE("anthropic codec: tool_choice is translated from OpenAI's form",
           "[codec]") {
   auto choice_for = [](json choice) {

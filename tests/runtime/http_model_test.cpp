@@ -86,21 +86,25 @@ struct gateway_fixture {
   }
 
   troupe::runnable_actor agent(const std::string& model,
-                               std::vector<std::string> tools = {}) {
+                               std::vector<std::string> tools = {},
+                               std::chrono::milliseconds model_timeout = 20s) {
     troupe::agent_spec spec;
     spec.name = "helper";
     spec.system_prompt = "You help.";
     spec.model = model;
     spec.tools = std::move(tools);
     spec.max_steps = 4;
+    spec.model_timeout = model_timeout;
     return rt->spawn_agent(spec);
   }
 
   troupe::run_result run(const std::string& model, const std::string& goal,
-                         std::vector<std::string> tools = {}) {
+                         std::vector<std::string> tools = {},
+                         std::chrono::milliseconds model_timeout = 20s) {
     troupe::run_options opts;
     opts.timeout = 30s;
-    auto result = rt->run(agent(model, std::move(tools)), goal, opts);
+    auto result = rt->run(agent(model, std::move(tools), model_timeout), goal,
+                          opts);
     rt->flush_trace();
     return result;
   }
@@ -395,6 +399,39 @@ TEST_CASE("a slow endpoint past its request timeout fails over to the "
   CHECK(fallbacks[0]["attributes"]["troupe.model.next"] == "anthropic:backup");
 }
 
+TEST_CASE("a hanging endpoint leaves its fallback a share of the model "
+          "call's time",
+          "[http-model]") {
+  model_test_server primary;
+  model_test_server backup;
+  primary.push(model_fault::hang());
+  backup.push(model_reply::say("in time"));
+  // The primary's own timeout (120 s) is far beyond the agent's 2 s: without
+  // a share for the backup, the hang would use all of it.
+  auto p = endpoint(primary);
+  p.retry.max_retries = 0;
+  p.fallback = {"openai:backup"};
+  gateway_fixture f{{{"openai:primary", p}, {"openai:backup", endpoint(backup)}}};
+  auto result = f.run("openai:primary", "hi", {}, 2s);
+  INFO(result.error);
+  REQUIRE(result.status == run_status::complete);
+  CHECK(result.answer == "in time");
+  CHECK(backup.request_count() == 1);
+}
+
+TEST_CASE("a Retry-After longer than max_retry_after fails the call at once",
+          "[http-model]") {
+  model_test_server server;
+  server.push(model_fault::rate_limited(120s));
+  server.push(model_reply::say("too late"));
+  gateway_fixture f{{{"openai:test-model", endpoint(server)}}};
+  auto result = f.run("openai:test-model", "hi");
+  CHECK(result.status == run_status::failed);
+  CHECK_THAT(result.error, Catch::Contains("Retry-After of 120000 ms exceeds "
+                                           "max_retry_after of 60000 ms"));
+  CHECK(server.request_count() == 1);
+}
+
 TEST_CASE("when every model of a fallback chain fails, the error names each",
           "[http-model]") {
   model_test_server primary;
@@ -448,7 +485,9 @@ TEST_CASE("the API key is sent to the endpoint and written nowhere else",
   model_test_server anthropic{opts};
   server.push(model_fault::status(500));
   server.push(model_reply::say("ok"));
-  anthropic.push(model_fault::status(401, "invalid x-api-key"));
+  // A server (or proxy) that echoes the key it was sent.
+  anthropic.push(model_fault::status(401, std::string{"invalid x-api-key: "}
+                                            + secret));
   // Logs at trace level go to a stream the test reads.
   auto logged = std::make_shared<std::ostringstream>();
   auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(*logged);
@@ -470,14 +509,15 @@ TEST_CASE("the API key is sent to the endpoint and written nowhere else",
                       }};
     auto ok = f.run("openai:test-model", "hi");
     auto bad = f.run("anthropic:test-model", "hi");
-    ::unsetenv("TROUPE_TEST_KEY_A");
     CHECK(ok.status == run_status::complete);
     CHECK(bad.status == run_status::failed);
     CHECK_THAT(bad.error, Catch::Contains("401"));
+    CHECK_THAT(bad.error, Catch::Contains("invalid x-api-key: [redacted]"));
     CHECK(bad.error.find(secret) == std::string::npos);
     CHECK(f.trace->all_text().find(secret) == std::string::npos);
     f.rt->shutdown();
   }
+  ::unsetenv("TROUPE_TEST_KEY_A");
   spdlog::set_default_logger(previous);
   // The key did reach the server, so the greps below could have found it.
   auto reqs = server.requests();
@@ -648,6 +688,19 @@ TEST_CASE("swarm files configure models: endpoints, retries, fallback, cache "
   refuse(R"({"models": {"openai:m": {"retry": {"base_ms": 10, "cap_ms": 5}}},
              "agents": [{"name": "a", "model": "openai:m"}]})",
          "must not exceed cap_ms");
+  refuse(R"({"models": {"openai:m": {"api_key_env": "sk-live-123"}},
+             "agents": [{"name": "a", "model": "openai:m"}]})",
+         "/models/openai:m/api_key_env: must name an environment variable");
+  refuse(R"({"models": {"openai:m": {"base_url": "https://u:p@h.example/v1"}},
+             "agents": [{"name": "a", "model": "openai:m"}]})",
+         "must not carry user info");
+  // Two spellings of one script's path are one model.
+  CHECK_THROWS_WITH(
+    troupe::parse_swarm(json::parse(R"({"models": {"scripted:a.json": {},
+                                                   "scripted:./a.json": {}},
+                                        "agents": [{"name": "a"}]})"),
+                        "t.json", "/base"),
+    Catch::Contains("names model 'scripted:/base/a.json' a second time"));
   refuse(R"({"model_limits": {"openai:m": {"rate_per_sec": 1,
                                            "requests_per_minute": 60}},
              "agents": [{"name": "a", "model": "openai:m"}]})",

@@ -246,6 +246,10 @@ void accept(const std::shared_ptr<http_test_server::impl>& srv) {
   srv->acceptor.async_accept([srv](beast::error_code ec, tcp::socket sock) {
     if (ec || srv->stopped)
       return;
+    // Each SSE event is its own write: without this, Nagle's algorithm and
+    // the client's delayed ACK hold every second one back ~40 ms.
+    beast::error_code ignored;
+    sock.set_option(tcp::no_delay{true}, ignored);
     auto id = ++srv->connections;
     auto session = std::make_shared<server_session>(std::move(sock), *srv, id);
     srv->sessions.push_back(session);
