@@ -4,10 +4,12 @@
 //                [--guards-agents N] [--guards-calls N]
 //                [--w2-n LIST] [--w2-latency-ms LIST]
 //                [--w3-n LIST] [--w3-latency-ms MS] [--w3-max-gib G]
+//                [--gateway-requests N] [--gateway-in-flight N]
+//                [--gateway-calls N] [--gateway-stream-calls N]
 //
 // --workload picks a comma-separated subset of floor, W1, guards, restart,
-// W2, W3 (default: all, in that order; W1 also runs floor, which its ratio
-// needs). The LIST options are comma-separated integers.
+// W2, W3, gateway (default: all, in that order; W1 also runs floor, which its
+// ratio needs). The LIST options are comma-separated integers.
 //
 // floor      CAF event-based request/response round trip between two actors:
 //            the least a message-driven step can cost on this machine.
@@ -71,6 +73,13 @@
 //            extrapolated from that one, is below --w3-max-gib (default 12),
 //            and an N above 100000 needs such a measurement; else the line
 //            says it was skipped. 1M: --w3-n 100000,1000000.
+// gateway    HTTP models against a loopback server (bench/gateway_bench.hpp):
+//            requests per second with keep-alive pooling and with a new
+//            connection per request (--gateway-requests, default 4000,
+//            --gateway-in-flight at once, default 16), and the latency the
+//            gateway adds over a bare Beast request (p50, p99; --gateway-calls
+//            sequential requests per path, default 2000; streamed:
+//            --gateway-stream-calls, default 1000, 0 for none).
 //
 // W2 and W3 run on the runtime's defaults; TROUPE_SCHEDULER (stealing or
 // sharing, which W1 honours too) and TROUPE_SCHEDULER_THREADS override the
@@ -80,7 +89,8 @@
 // with the hidden flag --child), so its peak RSS (VmHWM) is its own. The exit
 // status is non-zero when a W2 or W3 configuration failed, the restart
 // workload fell short, a guards run failed or a guarded tool call was
-// refused, or the budget race overshot its limit or its totals do not add up.
+// refused, the budget race overshot its limit or its totals do not add up, or
+// a gateway request failed.
 
 #include <algorithm>
 #include <atomic>
@@ -117,6 +127,7 @@
 
 #include "actors/scripted_model.hpp"
 #include "actors/tool_adapter.hpp"
+#include "bench/gateway_bench.hpp"
 #include "messages/type_ids.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/policy.hpp"
@@ -1617,7 +1628,7 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("troupe-bench"));
   spdlog::set_level(spdlog::level::warn);
   const std::vector<std::string> all_workloads{"floor", "W1", "guards", "restart",
-                                               "W2", "W3"};
+                                               "W2", "W3", "gateway"};
   std::set<std::string> workloads{all_workloads.begin(), all_workloads.end()};
   int runs = 2000;
   int floor_trips = 200000;
@@ -1629,6 +1640,7 @@ int main(int argc, char** argv) {
   int64_t w3_latency = 1000;
   bool w3_auto_latency = true;
   double w3_max_gib = 12;
+  troupe::bench::gateway_bench_options gateway;
   // Hidden: one W2 or W3 configuration in this process (see run_child).
   std::string child;
   int64_t child_n = 1;
@@ -1662,9 +1674,11 @@ int main(int argc, char** argv) {
             != all_workloads.end())
           workloads.insert(name);
         else
-          expected = "a comma-separated subset of floor, W1, guards, restart, W2, W3";
+          expected = "a comma-separated subset of floor, W1, guards, restart, W2, "
+                     "W3, gateway";
       if (workloads.empty())
-        expected = "a comma-separated subset of floor, W1, guards, restart, W2, W3";
+        expected = "a comma-separated subset of floor, W1, guards, restart, W2, "
+                   "W3, gateway";
     } else if (flag == "--guards-agents") {
       one_integer(1, guards_agents);
     } else if (flag == "--guards-calls") {
@@ -1685,6 +1699,14 @@ int main(int argc, char** argv) {
       w3_max_gib = std::atof(value.c_str());
       if (!(w3_max_gib > 0))
         expected = "a positive number";
+    } else if (flag == "--gateway-requests") {
+      one_integer(1, gateway.requests);
+    } else if (flag == "--gateway-in-flight") {
+      one_integer(1, gateway.in_flight);
+    } else if (flag == "--gateway-calls") {
+      one_integer(1, gateway.latency_calls);
+    } else if (flag == "--gateway-stream-calls") {
+      one_integer(0, gateway.stream_calls);
     } else if (flag == "--child") {
       child = value;
       if (child != "W2" && child != "W3")
@@ -1804,5 +1826,7 @@ int main(int argc, char** argv) {
     ok &= run_w2(argv[0], w2_n, w2_latency);
   if (wants("W3"))
     ok &= run_w3(argv[0], w3_n, w3_latency, w3_auto_latency, w3_max_gib);
+  if (wants("gateway"))
+    ok &= troupe::bench::run_gateway_bench(gateway);
   return ok ? 0 : 1;
 }
