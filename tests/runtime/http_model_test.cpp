@@ -295,6 +295,12 @@ TEST_CASE("a Retry-After given as an HTTP date is honoured too",
 TEST_CASE("transient faults are retried, then the call succeeds",
           "[http-model]") {
   model_test_server server;
+  auto settings = endpoint(server, true);
+  SECTION("a reply slower than the request timeout") {
+    settings.request_timeout = 300ms;
+    server.push(model_fault::slow(2s));
+    server.push(model_reply::say("too slow to count"));
+  }
   SECTION("500 then 503") {
     server.push(model_fault::status(500));
     server.push(model_fault::status(503));
@@ -308,7 +314,7 @@ TEST_CASE("transient faults are retried, then the call succeeds",
     server.push(model_reply::say("never seen whole"));
   }
   server.push(model_reply::say("finally"));
-  gateway_fixture f{{{"openai:test-model", endpoint(server, true)}}};
+  gateway_fixture f{{{"openai:test-model", settings}}};
   auto result = f.run("openai:test-model", "hi");
   INFO(result.error);
   REQUIRE(result.status == run_status::complete);
