@@ -1,4 +1,5 @@
 #include "actors/model_codecs.hpp"
+#include "actors/model_codecs_detail.hpp"
 
 #include <map>
 #include <utility>
@@ -10,12 +11,9 @@ namespace troupe::anthropic {
 
 namespace {
 
+using detail::fail;
 using detail::string_at;
 using detail::wrong_type;
-
-caf::error fail(const std::string& where, const std::string& what) {
-  return make_error(errc::model_failed, where + ": " + what);
-}
 
 /// The integer at `obj[key]`, when there is one.
 bool integer_at(const json& obj, const char* key, int64_t& out) {
@@ -105,25 +103,28 @@ json encode_tool(const tool_spec& tool) {
   json out{{"name", tool.name}};
   if (!tool.description.empty())
     out["description"] = tool.description;
-  out["input_schema"] = tool.parameters.value.is_object()
-                          ? tool.parameters.value
-                          : json{{"type", "object"},
-                                 {"properties", json::object()}};
+  out["input_schema"] = detail::parameters_schema(tool);
   return out;
 }
 
 /// Reassembles a streamed Messages reply.
-class stream_decoder : public model_stream_decoder {
+class stream_decoder : public detail::stream_decoder_base {
 public:
-  explicit stream_decoder(std::string model) : model_(std::move(model)) {
+  explicit stream_decoder(std::string model)
+    : stream_decoder_base(std::move(model)) {
   }
 
-  caf::error feed(const sse_event& ev, std::vector<model_delta>& out) override {
-    ++events_;
-    if (failed_)
-      return failed_;
-    if (done_)
-      return caf::none;
+private:
+  /// A content block by its index: text, a tool_use at `call` in calls_, or
+  /// a kind that is not part of the reply (thinking, server_tool_use...).
+  struct block {
+    enum class kind : uint8_t { text, tool, other };
+    kind what = kind::other;
+    size_t call = 0;
+  };
+
+  caf::error on_event(const sse_event& ev,
+                      std::vector<model_delta>& out) override {
     auto name = ev.event;
     if (name.empty()) {
       // Every event names itself; without the field, the data's "type" says.
@@ -143,69 +144,34 @@ public:
                  + name + ")";
     auto data = detail::parse_object(ev.data, where);
     if (!data)
-      return failed_ = data.error();
-    if (auto err = on_event(name, *data, where, out))
-      return failed_ = std::move(err);
-    return caf::none;
+      return data.error();
+    return dispatch(name, *data, where, out);
   }
 
-  bool complete() const override {
-    return done_;
-  }
-
-  caf::expected<chat_response> finish() override {
-    if (failed_)
-      return failed_;
+  caf::expected<chat_response> on_finish() override {
     if (!done_) {
-      std::string what = "anthropic stream ended before message_stop after "
-                         + std::to_string(events_) + " events (";
-      what += started_ ? "" : "no message_start, ";
+      std::string before = started_ ? "" : "no message_start, ";
       if (events_ > 0)
-        what += "the last " + last_event_ + ", ";
-      what += std::to_string(text_.size()) + " chars of text, "
-              + std::to_string(calls_.size()) + " tool calls";
+        before += "the last " + last_event_ + ", ";
+      std::string after;
       if (!stop_reason_.empty())
-        what += ", stop_reason " + stop_reason_;
-      what += ")";
-      return make_error(errc::model_failed, std::move(what));
+        after = ", stop_reason " + stop_reason_;
+      return ended_early("anthropic", "message_stop", before, after);
     }
-    chat_response resp;
-    resp.model = model_;
-    resp.usage = usage_;
-    resp.finish_reason = finish_reason(stop_reason_);
-    resp.message.role = chat_role::assistant;
-    resp.message.content = text_;
-    for (const auto& partial : calls_) {
+    auto resp = reply(finish_reason(stop_reason_));
+    for (size_t i = 0; i < calls_.size(); ++i) {
       model_tool_call call;
-      call.id = partial.id;
-      call.name = partial.name;
-      detail::parse_tool_arguments(call, partial.json_text.empty()
-                                           ? partial.initial_input
-                                           : partial.json_text);
+      call.id = calls_[i].id;
+      call.name = calls_[i].name;
+      detail::parse_tool_arguments(call, calls_[i].arguments.empty()
+                                           ? initial_inputs_[i]
+                                           : calls_[i].arguments);
       resp.message.tool_calls.push_back(std::move(call));
     }
     return resp;
   }
 
-private:
-  struct partial_call {
-    std::string id;
-    std::string name;
-    /// The input_json_delta fragments so far.
-    std::string json_text;
-    /// content_block_start's input when not empty (the API sends {} there).
-    std::string initial_input;
-  };
-
-  /// A content block by its index: text, a tool_use at `call` in calls_, or
-  /// a kind that is not part of the reply (thinking, server_tool_use...).
-  struct block {
-    enum class kind : uint8_t { text, tool, other };
-    kind what = kind::other;
-    size_t call = 0;
-  };
-
-  caf::error on_event(const std::string& name, const json& data,
+  caf::error dispatch(const std::string& name, const json& data,
                       const std::string& where, std::vector<model_delta>& out) {
     if (name == "error")
       // parse_object reports {"error": ...}; an error event without one:
@@ -269,22 +235,16 @@ private:
       return fail(where, "block " + std::to_string(index) + " started twice");
     auto type = string_at(*content, "type");
     if (type == "tool_use") {
-      partial_call call;
-      call.id = string_at(*content, "id");
-      call.name = string_at(*content, "name");
-      if (call.id.empty() || call.name.empty())
+      auto id = string_at(*content, "id");
+      auto name = string_at(*content, "name");
+      if (id.empty() || name.empty())
         return fail(where, "the tool_use block has no id or no name");
+      std::string initial_input;
       if (auto input = content->find("input");
           input != content->end() && !input->empty())
-        call.initial_input = safe_dump(*input);
-      model_delta d;
-      d.what = model_delta::kind::tool_call;
-      d.index = static_cast<int32_t>(calls_.size());
-      d.id = call.id;
-      d.name = call.name;
-      out.push_back(std::move(d));
-      blocks_[index] = block{block::kind::tool, calls_.size()};
-      calls_.push_back(std::move(call));
+        initial_input = safe_dump(*input);
+      blocks_[index] = block{block::kind::tool, start_call(id, name, out)};
+      initial_inputs_.push_back(std::move(initial_input));
       return caf::none;
     }
     if (type != "text") {
@@ -316,41 +276,20 @@ private:
       auto partial = delta->find("partial_json");
       if (partial == delta->end() || !partial->is_string())
         return fail(where, "/delta/partial_json is missing");
-      if (partial->get_ref<const std::string&>().empty())
-        return caf::none;
-      calls_[blk.call].json_text += partial->get_ref<const std::string&>();
-      model_delta d;
-      d.what = model_delta::kind::tool_arguments;
-      d.index = static_cast<int32_t>(blk.call);
-      d.text = partial->get<std::string>();
-      out.push_back(std::move(d));
+      append_arguments(blk.call, partial->get<std::string>(), out);
     }
     // thinking_delta, signature_delta, citations_delta: not part of the
     // reply's message.
     return caf::none;
   }
 
-  void append_text(std::string text, std::vector<model_delta>& out) {
-    if (text.empty())
-      return;
-    text_ += text;
-    model_delta d;
-    d.what = model_delta::kind::text;
-    d.text = std::move(text);
-    out.push_back(std::move(d));
-  }
-
-  std::string model_;
-  std::string text_;
   std::map<int64_t, block> blocks_;
-  std::vector<partial_call> calls_;
-  token_usage usage_;
+  /// By position in calls_: content_block_start's input when not empty (the
+  /// API sends {} there), the arguments when no input_json_delta came.
+  std::vector<std::string> initial_inputs_;
   std::string stop_reason_;
   std::string last_event_;
-  size_t events_ = 0;
   bool started_ = false;
-  bool done_ = false;
-  caf::error failed_;
 };
 
 } // namespace

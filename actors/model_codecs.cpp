@@ -1,4 +1,5 @@
 #include "actors/model_codecs.hpp"
+#include "actors/model_codecs_detail.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -119,6 +120,10 @@ std::string provider_error_text(std::string_view body) {
 
 namespace detail {
 
+caf::error fail(const std::string& where, const std::string& what) {
+  return make_error(errc::model_failed, where + ": " + what);
+}
+
 void parse_tool_arguments(model_tool_call& call, std::string text) {
   call.raw_arguments = std::move(text);
   call.arguments = json{};
@@ -191,6 +196,97 @@ int64_t count_at(const json& obj, const char* key) {
   if (i->is_number_integer())
     return std::max<int64_t>(i->get<int64_t>(), 0);
   return 0;
+}
+
+json parameters_schema(const tool_spec& tool) {
+  return tool.parameters.value.is_object()
+           ? tool.parameters.value
+           : json{{"type", "object"}, {"properties", json::object()}};
+}
+
+stream_decoder_base::stream_decoder_base(std::string model)
+  : model_(std::move(model)) {
+}
+
+caf::error stream_decoder_base::feed(const sse_event& ev,
+                                     std::vector<model_delta>& out) {
+  ++events_;
+  if (failed_)
+    return failed_;
+  if (done_)
+    return caf::none;
+  if (auto err = on_event(ev, out))
+    return failed_ = std::move(err);
+  return caf::none;
+}
+
+bool stream_decoder_base::complete() const {
+  return done_;
+}
+
+caf::expected<chat_response> stream_decoder_base::finish() {
+  if (failed_)
+    return failed_;
+  return on_finish();
+}
+
+void stream_decoder_base::append_text(std::string piece,
+                                      std::vector<model_delta>& out) {
+  if (piece.empty())
+    return;
+  text_ += piece;
+  model_delta d;
+  d.what = model_delta::kind::text;
+  d.text = std::move(piece);
+  out.push_back(std::move(d));
+}
+
+size_t stream_decoder_base::start_call(const std::string& id,
+                                       const std::string& name,
+                                       std::vector<model_delta>& out) {
+  auto slot = calls_.size();
+  calls_.push_back(partial_call{id, name, {}});
+  model_delta d;
+  d.what = model_delta::kind::tool_call;
+  d.index = static_cast<int32_t>(slot);
+  d.id = id;
+  d.name = name;
+  out.push_back(std::move(d));
+  return slot;
+}
+
+void stream_decoder_base::append_arguments(size_t slot, std::string piece,
+                                           std::vector<model_delta>& out) {
+  if (piece.empty())
+    return;
+  calls_[slot].arguments += piece;
+  model_delta d;
+  d.what = model_delta::kind::tool_arguments;
+  d.index = static_cast<int32_t>(slot);
+  d.text = std::move(piece);
+  out.push_back(std::move(d));
+}
+
+caf::error stream_decoder_base::ended_early(const std::string& provider,
+                                            const std::string& marker,
+                                            const std::string& before,
+                                            const std::string& after) const {
+  return make_error(errc::model_failed,
+                    provider + " stream ended before " + marker + " after "
+                      + std::to_string(events_) + " events (" + before
+                      + std::to_string(text_.size()) + " chars of text, "
+                      + std::to_string(calls_.size()) + " tool calls" + after
+                      + ")");
+}
+
+chat_response stream_decoder_base::reply(std::string finish_reason) const {
+  chat_response resp;
+  resp.model = model_;
+  resp.usage = usage_;
+  resp.finish_reason = std::move(finish_reason);
+  resp.message.role = chat_role::assistant;
+  resp.message.content = text_;
+  return resp;
 }
 
 } // namespace detail

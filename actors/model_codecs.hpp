@@ -145,31 +145,4 @@ std::unique_ptr<model_stream_decoder> make_stream_decoder(std::string model);
 /// both providers; the body itself (cut to 300 bytes) otherwise.
 std::string provider_error_text(std::string_view body);
 
-/// Pieces both codecs share (model_codecs.cpp); not for callers.
-namespace detail {
-
-/// Sets `call.raw_arguments` to `text` and `call.arguments` to the JSON
-/// object it holds; blank text counts as {}. Text that is not a JSON object
-/// leaves arguments null and sets parse_error to a sentence naming the tool.
-void parse_tool_arguments(model_tool_call& call, std::string text);
-
-/// Parses `text` as a JSON object. An error (errc::model_failed) starting
-/// with `where` (e.g. "openai reply") when it is not JSON, not an object, or a
-/// provider's error report ({"error": ...}), with that report's text.
-caf::expected<json> parse_object(std::string_view text,
-                                 const std::string& where);
-
-/// The non-negative integer at `obj[key]`; 0 when absent or not an integer.
-int64_t count_at(const json& obj, const char* key);
-
-/// The string at `obj[key]`; "" when absent or not a string.
-std::string string_at(const json& obj, const char* key);
-
-/// "/choices is an object, not an array" for `path`, holding `value`, where
-/// `expected` ("an array") was expected.
-std::string wrong_type(const std::string& path, const json& value,
-                       const char* expected);
-
-} // namespace detail
-
 } // namespace troupe

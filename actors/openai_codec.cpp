@@ -1,4 +1,5 @@
 #include "actors/model_codecs.hpp"
+#include "actors/model_codecs_detail.hpp"
 
 #include <map>
 #include <utility>
@@ -10,12 +11,9 @@ namespace troupe::openai {
 
 namespace {
 
+using detail::fail;
 using detail::string_at;
 using detail::wrong_type;
-
-caf::error fail(const std::string& where, const std::string& what) {
-  return make_error(errc::model_failed, where + ": " + what);
-}
 
 std::string trim(std::string_view text) {
   auto first = text.find_first_not_of(" \t\r\n");
@@ -72,10 +70,7 @@ json encode_tool(const tool_spec& tool) {
   json fn{{"name", tool.name}};
   if (!tool.description.empty())
     fn["description"] = tool.description;
-  fn["parameters"] = tool.parameters.value.is_object()
-                       ? tool.parameters.value
-                       : json{{"type", "object"},
-                              {"properties", json::object()}};
+  fn["parameters"] = detail::parameters_schema(tool);
   return {{"type", "function"}, {"function", std::move(fn)}};
 }
 
@@ -141,17 +136,15 @@ caf::expected<model_tool_call> decode_tool_call(const json& entry,
 }
 
 /// Reassembles a streamed Chat Completions reply.
-class stream_decoder : public model_stream_decoder {
+class stream_decoder : public detail::stream_decoder_base {
 public:
-  explicit stream_decoder(std::string model) : model_(std::move(model)) {
+  explicit stream_decoder(std::string model)
+    : stream_decoder_base(std::move(model)) {
   }
 
-  caf::error feed(const sse_event& ev, std::vector<model_delta>& out) override {
-    ++events_;
-    if (failed_)
-      return failed_;
-    if (done_)
-      return caf::none;
+private:
+  caf::error on_event(const sse_event& ev,
+                      std::vector<model_delta>& out) override {
     auto data = trim(ev.data);
     if (data == "[DONE]") {
       done_ = true;
@@ -162,36 +155,18 @@ public:
     auto where = "openai stream event " + std::to_string(events_);
     auto chunk = detail::parse_object(data, where);
     if (!chunk)
-      return failed_ = chunk.error();
-    if (auto err = on_chunk(*chunk, where, out))
-      return failed_ = std::move(err);
-    return caf::none;
+      return chunk.error();
+    return on_chunk(*chunk, where, out);
   }
 
-  bool complete() const override {
-    return done_;
-  }
-
-  caf::expected<chat_response> finish() override {
-    if (failed_)
-      return failed_;
+  caf::expected<chat_response> on_finish() override {
     // Some servers (llama.cpp, Ollama among them) end the stream without
     // "data: [DONE]". One that sent a finish_reason has said its reply is
     // whole, so it is accepted (complete() stays false); without either the
     // stream was cut.
     if (!done_ && finish_reason_.empty())
-      return make_error(errc::model_failed,
-                        "openai stream ended before [DONE] after "
-                          + std::to_string(events_) + " events ("
-                          + std::to_string(text_.size())
-                          + " chars of text, "
-                          + std::to_string(calls_.size()) + " tool calls)");
-    chat_response resp;
-    resp.model = model_;
-    resp.usage = usage_;
-    resp.finish_reason = finish_reason_;
-    resp.message.role = chat_role::assistant;
-    resp.message.content = text_;
+      return ended_early("openai", "[DONE]", "", "");
+    auto resp = reply(finish_reason_);
     for (size_t i = 0; i < calls_.size(); ++i) {
       const auto& partial = calls_[i];
       if (partial.name.empty())
@@ -206,13 +181,6 @@ public:
     }
     return resp;
   }
-
-private:
-  struct partial_call {
-    std::string id;
-    std::string name;
-    std::string arguments;
-  };
 
   caf::error on_chunk(const json& chunk, const std::string& where,
                       std::vector<model_delta>& out) {
@@ -248,13 +216,7 @@ private:
         if (auto err = append_content(*content, where, path + "/delta/content",
                                       piece))
           return err;
-        if (!piece.empty()) {
-          text_ += piece;
-          model_delta d;
-          d.what = model_delta::kind::text;
-          d.text = std::move(piece);
-          out.push_back(std::move(d));
-        }
+        append_text(std::move(piece), out);
       }
       auto calls = delta->find("tool_calls");
       if (calls == delta->end() || calls->is_null())
@@ -324,40 +286,13 @@ private:
     else
       return fail(where, wrong_type(path + "/function/arguments", *args,
                                     "a string"));
-    if (piece.empty())
-      return caf::none;
-    call.arguments += piece;
-    model_delta d;
-    d.what = model_delta::kind::tool_arguments;
-    d.index = static_cast<int32_t>(slot);
-    d.text = std::move(piece);
-    out.push_back(std::move(d));
+    append_arguments(slot, std::move(piece), out);
     return caf::none;
   }
 
-  size_t start_call(const std::string& id, const std::string& name,
-                    std::vector<model_delta>& out) {
-    auto slot = calls_.size();
-    calls_.push_back(partial_call{id, name, {}});
-    model_delta d;
-    d.what = model_delta::kind::tool_call;
-    d.index = static_cast<int32_t>(slot);
-    d.id = id;
-    d.name = name;
-    out.push_back(std::move(d));
-    return slot;
-  }
-
-  std::string model_;
-  std::string text_;
-  std::vector<partial_call> calls_;
   /// The server's tool-call index -> position in calls_.
   std::map<int64_t, size_t> slot_of_;
   std::string finish_reason_;
-  token_usage usage_;
-  size_t events_ = 0;
-  bool done_ = false;
-  caf::error failed_;
 };
 
 } // namespace
