@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -726,4 +727,24 @@ TEST_CASE("TROUPE_MODEL's override moves every agent to the HTTP model",
   INFO(result.error);
   CHECK(result.status == run_status::complete);
   CHECK(result.answer == "from HTTP");
+}
+
+TEST_CASE("shutting down with a model call in flight answers its run and "
+          "stops cleanly",
+          "[http-model]") {
+  model_test_server server;
+  server.push(model_fault::hang());
+  gateway_fixture f{{{"openai:test-model", endpoint(server, true)}}};
+  troupe::run_options opts;
+  opts.timeout = 60s;
+  auto pending = f.rt->submit(f.agent("openai:test-model"), "hi", opts);
+  // The request is on the wire (and will never be answered) before the
+  // runtime goes.
+  REQUIRE(server.wait_for_requests(1, 10s));
+  f.rt->shutdown();
+  REQUIRE(pending.wait_for(10s) == std::future_status::ready);
+  auto result = pending.get();
+  CHECK(result.status != run_status::complete);
+  // Nothing was sent again.
+  CHECK(server.request_count() == 1);
 }
