@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <stdexcept>
 #include <unordered_map>
@@ -434,16 +435,33 @@ int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
   return era * 146097 + static_cast<int64_t>(doe) - 719468;
 }
 
-/// An IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT") as unix ms.
+/// An HTTP date as unix ms, in any of the three forms RFC 9110 (5.6.7) says
+/// a recipient accepts: IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), the
+/// obsolete RFC 850 form ("Sunday, 06-Nov-94 08:49:37 GMT") and asctime's
+/// ("Sun Nov  6 08:49:37 1994").
 std::optional<int64_t> parse_http_date(const std::string& s) {
   static const char* months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                  "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
-  char wday[4] = {}, mon[4] = {}, zone[4] = {};
+  char wday[16] = {}, mon[4] = {}, zone[4] = {};
   int day = 0, year = 0, hh = 0, mm = 0, ss = 0;
-  if (std::sscanf(s.c_str(), "%3s, %d %3s %d %d:%d:%d %3s", wday, &day, mon,
-                  &year, &hh, &mm, &ss, zone)
-      != 8)
+  const char* text = s.c_str();
+  if (std::sscanf(text, "%3s, %d %3s %d %d:%d:%d %3s", wday, &day, mon, &year,
+                  &hh, &mm, &ss, zone)
+      == 8) {
+    // IMF-fixdate
+  } else if (std::sscanf(text, "%15[A-Za-z], %d-%3s-%d %d:%d:%d %3s", wday,
+                         &day, mon, &year, &hh, &mm, &ss, zone)
+             == 8) {
+    // RFC 850: a two-digit year more than 50 years ahead is in the past.
+    if (year < 100)
+      year += year < 70 ? 2000 : 1900;
+  } else if (std::sscanf(text, "%3s %3s %d %d:%d:%d %d", wday, mon, &day, &hh,
+                         &mm, &ss, &year)
+             == 7) {
+    std::strcpy(zone, "GMT"); // asctime: always GMT
+  } else {
     return std::nullopt;
+  }
   if (std::string{zone} != "GMT")
     return std::nullopt;
   unsigned m = 0;

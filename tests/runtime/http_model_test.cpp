@@ -639,6 +639,13 @@ TEST_CASE("Retry-After values parse as seconds or HTTP dates",
         == 7000ms);
   CHECK(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 784111790000)
         == 0ms);
+  // The two obsolete forms a recipient must accept too (RFC 9110, 5.6.7).
+  CHECK(parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", 784111770000)
+        == 7000ms);
+  CHECK(parse_retry_after("Sun Nov  6 08:49:37 1994", 784111770000)
+        == 7000ms);
+  // Longer than a week counts as a week: beyond any max_retry_after.
+  CHECK(parse_retry_after("99999999999", 0) == std::chrono::hours{7 * 24});
   CHECK_FALSE(parse_retry_after("soon", 0));
   CHECK_FALSE(parse_retry_after("-1", 0));
   CHECK_FALSE(parse_retry_after("", 0));
