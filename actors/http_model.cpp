@@ -332,8 +332,12 @@ void on_outcome(http_model_self self, http_model_outcome& out) {
               + out.error;
   bool retryable = out.transient || retryable_status(out.status);
   if (!retryable || call.attempt > st.cfg.retry.max_retries) {
-    if (retryable)
-      what += " (gave up after " + attempts_text(call.attempt) + ")";
+    if (retryable) {
+      auto took = std::chrono::duration_cast<milliseconds>(
+        std::chrono::steady_clock::now() - call.started);
+      what += " (gave up after " + attempts_text(call.attempt) + " in "
+              + std::to_string(took.count()) + " ms)";
+    }
     fail(self, out.call, errc::model_failed, std::move(what));
     return;
   }
