@@ -29,9 +29,11 @@ namespace troupe::detail {
 /// An error (errc::model_failed) reading "`where`: `what`".
 caf::error fail(const std::string& where, const std::string& what);
 
-/// Sets `call.raw_arguments` to `text` and `call.arguments` to the JSON
-/// object it holds; blank text counts as {}. Text that is not a JSON object
-/// leaves arguments null and sets parse_error to a sentence naming the tool.
+/// Sets `call.raw_arguments` to `text` and `call.arguments` to the JSON it
+/// holds; blank text counts as {}. Text that is not JSON leaves arguments
+/// null and sets parse_error to the parser's error; JSON that is not an
+/// object is kept as parsed (the agent refuses both, naming the tool). The
+/// scripted model parses its raw arguments with it too.
 void parse_tool_arguments(model_tool_call& call, std::string text);
 
 /// Parses `text` as a JSON object. An error (errc::model_failed) starting

@@ -22,6 +22,7 @@
 #include <caf/typed_response_promise.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/model_codecs_detail.hpp"
 #include "messages/errors.hpp"
 #include "runtime/json_schema.hpp"
 #include "runtime/safe_regex.hpp"
@@ -603,34 +604,6 @@ size_t message_chars(const chat_message& msg) {
   return n;
 }
 
-/// Parses argument text as a provider adapter does: blank text is `{}`, text
-/// that is not a JSON object sets parse_error and leaves arguments null.
-void parse_raw_arguments(model_tool_call& call) {
-  auto blank = std::all_of(call.raw_arguments.begin(), call.raw_arguments.end(),
-    [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
-  if (blank) {
-    call.arguments = json::object();
-    return;
-  }
-  json parsed;
-  try {
-    parsed = json::parse(call.raw_arguments);
-  } catch (const json::parse_error& e) {
-    std::string what = e.what();
-    // Drop nlohmann's "[json.exception.parse_error.101] " prefix.
-    if (auto pos = what.find("] "); pos != std::string::npos)
-      what.erase(0, pos + 2);
-    call.parse_error = "arguments are not valid JSON: " + what;
-    return;
-  }
-  if (!parsed.is_object()) {
-    call.parse_error = std::string{"arguments are not a JSON object (got "}
-                       + parsed.type_name() + ")";
-    return;
-  }
-  call.arguments = std::move(parsed);
-}
-
 /// At most `max` bytes of `text` on one line, cut at a UTF-8 boundary.
 std::string excerpt(const std::string& text, size_t max = 200) {
   std::string flat;
@@ -791,13 +764,13 @@ caf::expected<scripted_reply> model_script::select(
     call.id = "call_" + std::to_string(step) + "_" + std::to_string(i);
     call.name = spec.name;
     if (spec.arguments_raw) {
-      call.raw_arguments = expand(*spec.arguments_raw, ctx);
-      parse_raw_arguments(call);
+      // Parsed as the provider codecs parse a model's argument text.
+      detail::parse_tool_arguments(call, expand(*spec.arguments_raw, ctx));
     } else {
       // Round-trip through text so the arguments hold valid UTF-8 even when
       // a template copied invalid bytes from the conversation.
-      call.raw_arguments = safe_dump(expand_json(*spec.arguments, ctx));
-      parse_raw_arguments(call);
+      detail::parse_tool_arguments(call,
+                                   safe_dump(expand_json(*spec.arguments, ctx)));
     }
     resp.message.tool_calls.push_back(std::move(call));
   }
