@@ -492,12 +492,11 @@ void validate(const http_model_config& cfg) {
   if (cfg.base_url.rfind("http://", 0) != 0
       && cfg.base_url.rfind("https://", 0) != 0)
     bad("the base URL must start with http:// or https://");
-  auto authority = cfg.base_url.substr(cfg.base_url.find("//") + 2);
-  authority = authority.substr(0, authority.find_first_of("/?#"));
-  if (authority.find('@') != std::string::npos)
+  if (url_has_user_info(cfg.base_url))
     bad("the base URL must not carry user info (user:password@); give the "
         "key through the environment");
-  if (authority.empty())
+  auto authority = cfg.base_url.substr(cfg.base_url.find("//") + 2);
+  if (authority.empty() || authority.find_first_of("/?#") == 0)
     bad("the base URL names no host");
   if (cfg.connect_timeout.count() <= 0 || cfg.request_timeout.count() <= 0)
     bad("connect_timeout and request_timeout must be > 0");
@@ -511,6 +510,14 @@ void validate(const http_model_config& cfg) {
     bad("retry.max_retry_after must be >= 0");
   if (cfg.default_max_tokens < 1)
     bad("default_max_tokens must be >= 1");
+}
+
+bool url_has_user_info(const std::string& url) {
+  auto scheme_end = url.find("//");
+  auto authority = url.substr(scheme_end == std::string::npos ? 0
+                                                              : scheme_end + 2);
+  authority = authority.substr(0, authority.find_first_of("/?#"));
+  return authority.find('@') != std::string::npos;
 }
 
 std::string endpoint_url(const http_model_config& cfg) {

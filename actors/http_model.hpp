@@ -83,6 +83,9 @@ struct http_model_config {
 /// the bad field.
 void validate(const http_model_config& cfg);
 
+/// Whether a URL's authority carries user info ("user:password@host").
+bool url_has_user_info(const std::string& url);
+
 /// The URL requests of `cfg` go to.
 std::string endpoint_url(const http_model_config& cfg);
 

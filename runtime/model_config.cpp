@@ -42,6 +42,14 @@ std::pair<std::string, std::string> split_model_name(const std::string& name) {
   return {"", name};
 }
 
+bool is_env_var_name(const std::string& name) {
+  if (name.empty() || std::isdigit(static_cast<unsigned char>(name[0])))
+    return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
+  });
+}
+
 std::string process_env(const std::string& name) {
   const char* value = std::getenv(name.c_str());
   return value == nullptr ? std::string{} : std::string{value};
@@ -71,11 +79,7 @@ http_model_config http_model_from(const std::string& name,
     cfg.base_url = p->url;
   auto key_env = settings.api_key_env.empty() ? std::string{p->key_env}
                                               : settings.api_key_env;
-  auto name_char = [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
-  };
-  if (std::isdigit(static_cast<unsigned char>(key_env[0]))
-      || !std::all_of(key_env.begin(), key_env.end(), name_char))
+  if (!is_env_var_name(key_env))
     // Never repeat it: it may be a key pasted in the wrong place.
     throw std::invalid_argument(
       "model '" + name + "': api_key_env must name an environment variable "

@@ -54,6 +54,10 @@ struct model_settings {
 /// a name without a known prefix gives {"", name}.
 std::pair<std::string, std::string> split_model_name(const std::string& name);
 
+/// Whether `name` can name an environment variable: letters, digits and _,
+/// not starting with a digit.
+bool is_env_var_name(const std::string& name);
+
 /// Reads an environment variable ("" when unset).
 using env_reader = std::function<std::string(const std::string&)>;
 

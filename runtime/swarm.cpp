@@ -241,21 +241,13 @@ model_settings parse_model_settings(const std::string& model, const json& doc,
   if (!s.base_url.empty() && s.base_url.rfind("http://", 0) != 0
       && s.base_url.rfind("https://", 0) != 0)
     r.fail(r.at("base_url"), "must start with http:// or https://");
-  if (s.base_url.substr(0, s.base_url.find_first_of("/?#", 8)).find('@')
-      != std::string::npos)
+  if (url_has_user_info(s.base_url))
     r.fail(r.at("base_url"), "must not carry user info (user:password@); the "
                              "key comes from the environment");
   s.api_key_env = r.str("api_key_env", false);
   // The name of a variable, never its value: a key pasted here by mistake
   // is refused without being repeated.
-  auto valid_name = [](const std::string& n) {
-    if (n.empty() || std::isdigit(static_cast<unsigned char>(n[0])))
-      return false;
-    return std::all_of(n.begin(), n.end(), [](char c) {
-      return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
-    });
-  };
-  if (r.has("api_key_env") && !valid_name(s.api_key_env))
+  if (r.has("api_key_env") && !is_env_var_name(s.api_key_env))
     r.fail(r.at("api_key_env"), "must name an environment variable (letters, "
                                 "digits and _, not starting with a digit); "
                                 "put the key itself in that variable");
