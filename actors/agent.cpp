@@ -59,6 +59,85 @@ run_result failed_result(const run_task& task, std::string error,
   return r;
 }
 
+json agent_spec_to_json(const agent_spec& spec) {
+  const auto& c = spec.confidence;
+  const auto& l = spec.loops;
+  return json{{"name", spec.name},
+              {"role", spec.role},
+              {"system_prompt", spec.system_prompt},
+              {"model", spec.model},
+              {"tools", spec.tools},
+              {"max_steps", spec.max_steps},
+              {"max_parallel_tools", spec.max_parallel_tools},
+              {"model_timeout_ms", spec.model_timeout.count()},
+              {"model_params", spec.model_params},
+              {"usage_estimate", spec.usage_estimate},
+              {"confidence",
+               {{"enabled", c.enabled},
+                {"field", c.field},
+                {"execute_at", c.execute_at},
+                {"clarify_at", c.clarify_at},
+                {"alternative_at", c.alternative_at},
+                {"alternative_model", c.alternative_model},
+                {"max_reroutes", c.max_reroutes}}},
+              {"loops",
+               {{"repeat_threshold", l.repeat_threshold},
+                {"stall_steps", l.stall_steps},
+                {"halt", l.halt}}},
+              {"approval_ttl_ms", spec.approval_ttl.count()},
+              {"node", spec.node}};
+}
+
+agent_spec agent_spec_from_json(const json& doc) {
+  if (!doc.is_object())
+    throw std::invalid_argument("agent spec: expected a JSON object, got "
+                                + std::string{doc.type_name()});
+  agent_spec spec;
+  std::string field;
+  auto get = [&](const json& obj, const char* key, auto& out) {
+    field = key;
+    if (auto i = obj.find(key); i != obj.end())
+      i->get_to(out);
+  };
+  try {
+    get(doc, "name", spec.name);
+    get(doc, "role", spec.role);
+    get(doc, "system_prompt", spec.system_prompt);
+    get(doc, "model", spec.model);
+    get(doc, "tools", spec.tools);
+    get(doc, "max_steps", spec.max_steps);
+    get(doc, "max_parallel_tools", spec.max_parallel_tools);
+    int64_t ms = spec.model_timeout.count();
+    get(doc, "model_timeout_ms", ms);
+    spec.model_timeout = std::chrono::milliseconds{ms};
+    get(doc, "model_params", spec.model_params);
+    get(doc, "usage_estimate", spec.usage_estimate);
+    if (auto i = doc.find("confidence"); i != doc.end() && i->is_object()) {
+      auto& c = spec.confidence;
+      get(*i, "enabled", c.enabled);
+      get(*i, "field", c.field);
+      get(*i, "execute_at", c.execute_at);
+      get(*i, "clarify_at", c.clarify_at);
+      get(*i, "alternative_at", c.alternative_at);
+      get(*i, "alternative_model", c.alternative_model);
+      get(*i, "max_reroutes", c.max_reroutes);
+    }
+    if (auto i = doc.find("loops"); i != doc.end() && i->is_object()) {
+      get(*i, "repeat_threshold", spec.loops.repeat_threshold);
+      get(*i, "stall_steps", spec.loops.stall_steps);
+      get(*i, "halt", spec.loops.halt);
+    }
+    ms = spec.approval_ttl.count();
+    get(doc, "approval_ttl_ms", ms);
+    spec.approval_ttl = std::chrono::milliseconds{ms};
+    get(doc, "node", spec.node);
+  } catch (const json::exception& ex) {
+    throw std::invalid_argument("agent spec: field '" + field
+                                + "': " + ex.what());
+  }
+  return spec;
+}
+
 void validate(const agent_spec& spec) {
   auto fail = [&](const std::string& what) {
     throw std::invalid_argument("agent '" + spec.name + "': " + what);
@@ -201,6 +280,9 @@ struct agent_state {
   static inline const char* name = "troupe.agent";
 
   agent_spec spec;
+  /// How traces, events, results and logs name the agent: "name", or
+  /// "name@node" for an agent a cluster placed on a node.
+  std::string label;
   agent_links links;
   std::map<std::string, size_t> tool_index;
   std::vector<tool_spec> tool_specs;
@@ -234,7 +316,7 @@ void enter(agent_self self, agent_phase next) {
     return;
   auto& run = *st.run;
   st.trace.event(run.trace_id, run.run_span, "agent.transition",
-                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
+                 [&] { return json{{"gen_ai.agent.name", st.label},
                       {"troupe.state.from", to_string(prev)},
                       {"troupe.state.to", to_string(next)},
                       {"troupe.step", run.current_step}}; });
@@ -244,7 +326,7 @@ void enter(agent_self self, agent_phase next) {
 agent_event run_event(const agent_state& st, const active_run& run,
                       event_kind kind, std::string detail) {
   agent_event ev;
-  ev.source = st.spec.name;
+  ev.source = st.label;
   ev.kind = kind;
   ev.run_id = run.result.run_id;
   ev.trace_id = run.trace_id;
@@ -263,9 +345,9 @@ void warn(agent_self self, const std::string& text) {
   st.trace.event(run.trace_id,
                  run.step_span.empty() ? run.run_span : run.step_span,
                  "guardrail.warning",
-                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
+                 [&] { return json{{"gen_ai.agent.name", st.label},
                       {"troupe.warning", text}}; });
-  spdlog::warn("agent {}: run {}: {}", st.spec.name, run.result.run_id, text);
+  spdlog::warn("agent {}: run {}: {}", st.label, run.result.run_id, text);
   if (st.events.wants(event_kind::warning))
     st.events.publish(run_event(st, run, event_kind::warning, text));
 }
@@ -323,9 +405,9 @@ void finish(agent_self self, run_status status, std::string answer,
          {"gen_ai.usage.input_tokens", run.result.usage.input_tokens},
          {"gen_ai.usage.output_tokens", run.result.usage.output_tokens}}; },
     status == run_status::complete ? "" : run.result.error);
-  spdlog::debug("agent {}: run {} ended {} after {} step(s)", st.spec.name,
+  spdlog::debug("agent {}: run {} ended {} after {} step(s)", st.label,
                 run.result.run_id, to_string(status), run.result.steps.size());
-  st.events.publish(finished_event(st.spec.name, run.result, run.trace_id));
+  st.events.publish(finished_event(st.label, run.result, run.trace_id));
   run.promise.deliver(std::move(run.result));
   enter(self, agent_phase::idle);
   st.run.reset();
@@ -359,17 +441,17 @@ void begin(agent_self self, run_task task,
       std::min<int64_t>(run.max_steps, task.budget.max_steps));
   if (st.links.budget) {
     run.budget_path = task.budget_scopes;
-    run.budget_path.push_back({task.ref.run_id + "/" + st.spec.name + "#"
+    run.budget_path.push_back({task.ref.run_id + "/" + st.label + "#"
                                  + st.instance + "." + std::to_string(run.seq),
                                task.budget});
   }
   run.result.run_id = task.ref.run_id;
-  run.result.agent = st.spec.name;
+  run.result.agent = st.label;
   run.result.started_ns = now_ns();
   run.run_span = st.trace.start(
-    run.trace_id, task.ref.span_id, "invoke_agent " + st.spec.name,
+    run.trace_id, task.ref.span_id, "invoke_agent " + st.label,
     [&] { return json{{"gen_ai.operation.name", "invoke_agent"},
-         {"gen_ai.agent.name", st.spec.name},
+         {"gen_ai.agent.name", st.label},
          {"gen_ai.request.model", st.spec.model},
          {"troupe.run.id", task.ref.run_id},
          {"troupe.principal", task.ref.principal},
@@ -382,7 +464,7 @@ void begin(agent_self self, run_task task,
     goal += "\n\nContext:\n" + safe_dump(task.context.value, 2);
   run.messages.push_back({chat_role::user, std::move(goal), {}, "", ""});
   if (st.events.wants(event_kind::run_started))
-    st.events.publish(started_event(st.spec.name, task));
+    st.events.publish(started_event(st.label, task));
   run.task_digest = troupe::task_digest(task.goal, task.context.value);
   run.task = std::move(task);
   run.promise = std::move(promise);
@@ -413,7 +495,7 @@ void close_step(agent_self self, const std::string& outcome) {
   run.result.steps.push_back(std::move(run.step));
   if (st.events.wants(event_kind::step_completed)) {
     agent_event ev;
-    ev.source = st.spec.name;
+    ev.source = st.label;
     ev.kind = event_kind::step_completed;
     ev.run_id = run.result.run_id;
     ev.trace_id = run.trace_id;
@@ -449,7 +531,7 @@ void on_model_error(agent_self self, const std::string& model_span,
              + std::to_string(run.step.index) + " (" + text + ")");
     return;
   }
-  spdlog::warn("agent {}: {}", st.spec.name, text);
+  spdlog::warn("agent {}: {}", st.label, text);
   finish(self, run_status::failed, last_assistant_text(run), std::move(text));
 }
 
@@ -537,10 +619,10 @@ void route_by_confidence(agent_self self) {
   else
     route = "escalate";
   st.trace.event(run.trace_id, run.step_span, "confidence.route",
-                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
+                 [&] { return json{{"gen_ai.agent.name", st.label},
                       {"troupe.confidence", *c},
                       {"troupe.confidence.route", route}}; });
-  spdlog::info("agent {}: confidence {} at step {}: {}", st.spec.name, shown,
+  spdlog::info("agent {}: confidence {} at step {}: {}", st.label, shown,
                run.step.index, route);
   if (route == "clarify") {
     ++run.reroutes;
@@ -729,7 +811,7 @@ void request_approval(agent_self self, approval_request req,
                       {"troupe.approval.action", req.action},
                       {"troupe.approval.reason", req.reason},
                       {"troupe.approval.ttl_ms", req.ttl_ms}}; });
-  spdlog::info("agent {}: awaiting approval {}", st.spec.name, detail);
+  spdlog::info("agent {}: awaiting approval {}", st.label, detail);
   if (st.events.wants(event_kind::awaiting_approval))
     st.events.publish(
       run_event(st, run, event_kind::awaiting_approval, detail));
@@ -767,7 +849,7 @@ std::string record_decision(agent_self self, const approval_decision& d,
                       {"troupe.approval.verdict", json(d.verdict)},
                       {"troupe.approval.who", d.who},
                       {"troupe.approval.note", d.note}}; });
-  spdlog::info("agent {}: approval {} for {}: {} by {}", st.spec.name,
+  spdlog::info("agent {}: approval {} for {}: {} by {}", st.label,
                d.request_id, action, json(d.verdict).get<std::string>(),
                d.who);
   switch (d.verdict) {
@@ -1111,7 +1193,7 @@ void ask_model(agent_self self) {
   const auto& faults = st.spec.faults;
   if (faults.crash_at_step == run.step.index
       && (!faults.crashes_left || faults.crashes_left->fetch_sub(1) > 0))
-    throw std::runtime_error("injected fault: agent '" + st.spec.name
+    throw std::runtime_error("injected fault: agent '" + st.label
                              + "' crashed at step "
                              + std::to_string(run.step.index));
   auto alternative = run.ask_alternative && st.links.alternative;
@@ -1123,13 +1205,13 @@ void ask_model(agent_self self) {
   run.current_step = run.step.index;
   run.step_span = st.trace.start(run.trace_id, run.run_span,
                                  "step " + std::to_string(run.step.index),
-                                 [&] { return json{{"gen_ai.agent.name", st.spec.name},
+                                 [&] { return json{{"gen_ai.agent.name", st.label},
                                       {"troupe.step", run.step.index}}; });
   auto model_span = st.trace.start(
     run.trace_id, run.step_span, "chat " + model_name,
     [&] { return json{{"gen_ai.operation.name", "chat"},
          {"gen_ai.request.model", model_name},
-         {"gen_ai.agent.name", st.spec.name},
+         {"gen_ai.agent.name", st.label},
          {"troupe.step", run.step.index}}; });
   chat_request req;
   req.ref = run.task.ref;
@@ -1248,7 +1330,7 @@ void act(agent_self self) {
            {"gen_ai.tool.name", call.name},
            {"gen_ai.tool.call.id", call.call_id},
            {"gen_ai.tool.call.arguments", excerpt(safe_dump(call.args.value))},
-           {"gen_ai.agent.name", st.spec.name},
+           {"gen_ai.agent.name", st.label},
            {"troupe.idempotency_key", call.idempotency_key},
            {"troupe.step", call.step}}; });
     auto req = call;
@@ -1304,7 +1386,7 @@ void fail_all(agent_self self, run_status status, const std::string& why,
     st.trace.end(run.trace_id, run.run_span,
                  [&] { return json{{"troupe.run.status", to_string(status)}}; },
                  why);
-    st.events.publish(finished_event(st.spec.name, run.result, run.trace_id));
+    st.events.publish(finished_event(st.label, run.result, run.trace_id));
     if (crashed)
       run.promise.deliver(make_error(errc::crashed, why));
     else
@@ -1316,7 +1398,7 @@ void fail_all(agent_self self, run_status status, const std::string& why,
       queued.second.deliver(make_error(errc::crashed, why));
       continue;
     }
-    auto r = failed_result(queued.first, why, st.spec.name);
+    auto r = failed_result(queued.first, why, st.label);
     r.status = status;
     queued.second.deliver(std::move(r));
   }
@@ -1338,10 +1420,11 @@ runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
     st.tool_list += t.spec.name;
   }
   st.trace = span_recorder{links.tracer};
+  st.label = spec.node.empty() ? spec.name : spec.name + "@" + spec.node;
   st.spec = std::move(spec);
   st.links = std::move(links);
   self->set_exit_handler([self](caf::exit_msg& msg) {
-    auto why = "agent '" + self->state.spec.name
+    auto why = "agent '" + self->state.label
                + "' stopped: " + error_text(msg.reason);
     auto status = msg.reason == caf::exit_reason::user_shutdown
                     ? run_status::cancelled
@@ -1351,7 +1434,7 @@ runnable_actor::behavior_type agent(agent_self self, agent_spec spec,
   });
   self->set_exception_handler([self](std::exception_ptr& eptr) -> caf::error {
     auto what = exception_text(eptr);
-    auto why = "agent '" + self->state.spec.name + "' crashed: " + what;
+    auto why = "agent '" + self->state.label + "' crashed: " + what;
     spdlog::error("{}", why);
     fail_all(self, run_status::failed, why, true);
     return make_error(errc::crashed, why);

@@ -135,9 +135,21 @@ struct agent_spec {
   /// How long a human has to decide an approval the policy asks for, when
   /// the rule names no time-to-live.
   std::chrono::milliseconds approval_ttl{std::chrono::minutes{15}};
+  /// The node hosting the agent, set when a cluster places it there: its
+  /// traces, events and results then name it "name@node". Its model requests
+  /// and idempotency keys keep the plain name, so replicas of one agent on
+  /// several nodes make the same keys.
+  std::string node;
   /// Off unless a test sets it.
   agent_faults faults;
 };
+
+/// A spec as JSON, for sending it to another node (faults stay behind).
+json agent_spec_to_json(const agent_spec& spec);
+
+/// A spec from agent_spec_to_json's JSON; missing fields keep their defaults.
+/// Throws std::invalid_argument naming the bad field.
+agent_spec agent_spec_from_json(const json& doc);
 
 /// A tool as one agent sees it: its description and the actor that runs it.
 struct agent_tool {

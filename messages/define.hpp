@@ -44,8 +44,9 @@
 #define TROUPE_PP_PREFIX_15(p, a, ...) p.a, TROUPE_PP_PREFIX_14(p, __VA_ARGS__)
 #define TROUPE_PP_PREFIX_16(p, a, ...) p.a, TROUPE_PP_PREFIX_15(p, __VA_ARGS__)
 
-/// Defines inspect, to_json/from_json and operator== for a message struct.
-#define TROUPE_MESSAGE(T, ...)                                                 \
+/// Defines inspect and operator== for a message struct (for messages that
+/// carry actor handles, which have no JSON form).
+#define TROUPE_WIRE_MESSAGE(T, ...)                                            \
   template <class Inspector>                                                   \
   typename Inspector::result_type inspect(Inspector& f, T& x) {                \
     return f(caf::meta::type_name("troupe::" #T),                              \
@@ -57,7 +58,11 @@
   }                                                                            \
   inline bool operator!=(const T& lhs, const T& rhs) {                         \
     return !(lhs == rhs);                                                      \
-  }                                                                            \
+  }
+
+/// Defines inspect, to_json/from_json and operator== for a message struct.
+#define TROUPE_MESSAGE(T, ...)                                                 \
+  TROUPE_WIRE_MESSAGE(T, __VA_ARGS__)                                          \
   NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(T, __VA_ARGS__)
 
 /// Maps an enum to JSON strings and back; an unknown string or a non-string is

@@ -40,6 +40,20 @@ const char* to_string(event_kind x) {
   return "unknown";
 }
 
+const char* to_string(cluster_event_kind x) {
+  switch (x) {
+    case cluster_event_kind::joined:
+      return "joined";
+    case cluster_event_kind::updated:
+      return "updated";
+    case cluster_event_kind::left:
+      return "left";
+    case cluster_event_kind::failed:
+      return "failed";
+  }
+  return "unknown";
+}
+
 void register_messages(caf::actor_system_config& cfg) {
   cfg.add_message_types<caf::id_block::troupe>();
   register_error_category(cfg);

@@ -7,6 +7,7 @@
 
 #include "messages/approval.hpp"
 #include "messages/budget.hpp"
+#include "messages/cluster.hpp"
 #include "messages/common.hpp"
 #include "messages/json_value.hpp"
 #include "messages/model.hpp"
@@ -58,6 +59,13 @@ CAF_BEGIN_TYPE_ID_BLOCK(troupe, caf::first_custom_type_id)
   // supervision
   CAF_ADD_TYPE_ID(troupe, (troupe::child_stats))
   CAF_ADD_TYPE_ID(troupe, (troupe::supervisor_stats))
+  // cluster
+  CAF_ADD_TYPE_ID(troupe, (troupe::tool_listing))
+  CAF_ADD_TYPE_ID(troupe, (troupe::agent_listing))
+  CAF_ADD_TYPE_ID(troupe, (troupe::node_info))
+  CAF_ADD_TYPE_ID(troupe, (std::vector<troupe::node_info>))
+  CAF_ADD_TYPE_ID(troupe, (troupe::cluster_event))
+  CAF_ADD_TYPE_ID(troupe, (troupe::remote_agent_args))
 
 CAF_END_TYPE_ID_BLOCK(troupe)
 

@@ -7,6 +7,10 @@
 //   troupe approvals list                list the requests waiting for a human
 //   troupe approvals approve ID          approve one (--as WHO, --note TEXT)
 //   troupe approvals deny ID --note WHY  deny one
+//   troupe node --name N --listen H:P    host agents and tools for a cluster
+//               [--join H:P] [--swarm FILE] [--tls-cert/--tls-key/--tls-ca]
+//   troupe run --cluster H:P SWARM.json  run a swarm whose agents live on the
+//                                        cluster's nodes (/agents/N/nodes)
 //
 // `troupe run --approvals HOST:PORT` serves the run's approval gate there;
 // `troupe approvals ... --connect HOST:PORT` reaches it. Both default to the
@@ -38,6 +42,7 @@
 #include "runtime/clock.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/guardrail_lines.hpp"
+#include "runtime/node_main.hpp"
 #include "runtime/swarm.hpp"
 #include "runtime/timeline.hpp"
 
@@ -131,6 +136,10 @@ private:
         && name != "guardrail.warning")
       if (auto line = troupe::describe_guardrail_event(rec); !line.empty())
         return "  " + line;
+    if (type == "event" && name == "cluster.reassign")
+      return "  node " + attrs.value("troupe.node.from", "?") + " lost ("
+             + shorten(attrs.value("troupe.node.lost", ""), 80) + "): "
+             + agent + " moved to " + attrs.value("troupe.node.to", "no node");
     if (type == "event" && name == "agent.malformed_reply")
       return "  malformed reply: "
              + shorten(attrs.value("troupe.observation", ""));
@@ -189,13 +198,22 @@ private:
 
 int cmd_run(const std::string& swarm_path, const std::string& goal,
             const std::string& trace_path, bool quiet, bool as_json,
-            int timeout_s, int max_steps, const std::string& approvals_addr) {
+            int timeout_s, int max_steps, const std::string& approvals_addr,
+            const std::string& cluster, const troupe::cluster_tls& tls) {
   troupe::swarm_definition def;
-  std::pair<std::string, uint16_t> approvals_at;
+  std::pair<std::string, uint16_t> approvals_at, seed;
   try {
     def = troupe::load_swarm(swarm_path);
     if (!approvals_addr.empty())
       approvals_at = troupe::parse_host_port(approvals_addr);
+    if (!cluster.empty())
+      seed = troupe::parse_host_port(cluster);
+    if (tls.enabled())
+      troupe::validate(tls);
+    if (def.entry.empty())
+      throw troupe::swarm_error(swarm_path + ": it has no agents to run (a "
+                                             "node's swarm file only hosts "
+                                             "tools: troupe node --swarm)");
   } catch (const std::exception& ex) {
     std::cerr << "error: " << ex.what() << "\n";
     return exit_bad_input;
@@ -211,8 +229,10 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
     return exit_bad_input;
   }
   cfg.trace_path = trace_path;
-  // The middleman (a thread, a socket multiplexer) only to serve approvals.
-  cfg.load_middleman = !approvals_addr.empty();
+  // The middleman (a thread, a socket multiplexer) only to serve approvals
+  // or to reach a cluster.
+  cfg.load_middleman = !approvals_addr.empty() || !cluster.empty();
+  cfg.tls = tls;
   auto view = std::make_shared<progress_view>(troupe::now_ns());
   troupe::timeline chart;
   if (!quiet) {
@@ -226,9 +246,23 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
     std::cerr << "error: " << ex.what() << "\n";
     return exit_bad_input;
   }
+  if (!cluster.empty()) {
+    try {
+      auto via = rt->connect(seed.first, seed.second);
+      std::string names;
+      for (const auto& n : rt->members())
+        names += (names.empty() ? "" : ", ") + n.name;
+      if (!quiet)
+        std::cerr << "troupe: joined the cluster through " << via
+                  << " (members: " << names << ")\n";
+    } catch (const std::exception& ex) {
+      std::cerr << "error: " << ex.what() << "\n";
+      return exit_unreachable;
+    }
+  }
   troupe::swarm_instance swarm;
   try {
-    swarm = troupe::instantiate(*rt, def);
+    swarm = troupe::instantiate(*rt, def, !cluster.empty());
   } catch (const std::exception& ex) {
     std::cerr << "error: " << ex.what() << "\n";
     return exit_bad_input;
@@ -467,6 +501,60 @@ int main(int argc, char** argv) {
                   "free port; the bound address is printed on stderr) so "
                   "`troupe approvals` can decide from another shell")
     ->envname("TROUPE_APPROVALS");
+  std::string cluster;
+  run->add_option("--cluster", cluster,
+                  "Join the cluster through the node at HOST:PORT and place "
+                  "the agents that name /nodes on its nodes");
+  troupe::cluster_tls tls;
+  std::string tls_passphrase_env;
+  auto tls_options = [&](CLI::App* cmd) {
+    cmd->add_option("--tls-cert", tls.certificate,
+                    "This process's certificate (PEM) for TLS between nodes")
+      ->envname("TROUPE_TLS_CERT");
+    cmd->add_option("--tls-key", tls.key, "Its private key (PEM)")
+      ->envname("TROUPE_TLS_KEY");
+    cmd->add_option("--tls-ca", tls.ca_file,
+                    "The cluster's CA certificate (PEM): peers must present "
+                    "a certificate it signed")
+      ->envname("TROUPE_TLS_CA");
+    cmd->add_option("--tls-passphrase-env", tls_passphrase_env,
+                    "Read the key's passphrase from this environment "
+                    "variable");
+  };
+  tls_options(run);
+
+  auto* node = app.add_subcommand(
+    "node", "Host agents and tools for a cluster until SIGINT or SIGTERM");
+  troupe::node_command node_cmd;
+  int heartbeat_ms = 500, heartbeat_timeout_ms = 3000, join_timeout_s = 30;
+  node->add_option("--name", node_cmd.name, "The node's name, unique in the "
+                                            "cluster")
+    ->required();
+  node->add_option("--listen", node_cmd.listen,
+                   "HOST:PORT to accept peers on (default 0.0.0.0:4242; port "
+                   "0 = any free port, printed on stderr)");
+  node->add_option("--advertise", node_cmd.advertise,
+                   "HOST:PORT peers dial to reach this node (default: the "
+                   "listen address, 127.0.0.1 for 0.0.0.0)");
+  node->add_option("--join", node_cmd.join,
+                   "Join the cluster through the node at HOST:PORT (repeat "
+                   "for more seeds)");
+  node->add_option("--join-timeout", join_timeout_s,
+                   "Keep trying the seeds for SECONDS (default 30)")
+    ->check(CLI::Range(1, 3600));
+  node->add_option("--swarm", node_cmd.swarm,
+                   "Host this swarm file's tools, agents and teams");
+  node->add_option("--capability", node_cmd.capabilities,
+                   "Something this node offers, for look-ups (repeatable)");
+  node->add_option("--heartbeat-ms", heartbeat_ms,
+                   "Heartbeat interval (default 500)")
+    ->check(CLI::Range(10, 60000));
+  node->add_option("--heartbeat-timeout-ms", heartbeat_timeout_ms,
+                   "A peer silent this long has failed (default 3000)")
+    ->check(CLI::Range(20, 600000));
+  node->add_option("-t,--trace", node_cmd.trace_path,
+                   "Append this node's own trace (JSONL) to FILE");
+  tls_options(node);
 
   auto* validate = app.add_subcommand(
     "validate", "Check a swarm file and the scripts it names, then exit");
@@ -522,9 +610,25 @@ int main(int argc, char** argv) {
   }
   // Logs go to stderr: stdout carries the answer.
   troupe::log_to_stderr(log_level);
+  if (!tls_passphrase_env.empty()) {
+    const char* pass = std::getenv(tls_passphrase_env.c_str());
+    if (pass == nullptr) {
+      std::cerr << "error: --tls-passphrase-env: the environment variable "
+                << tls_passphrase_env << " is not set\n";
+      return exit_bad_input;
+    }
+    tls.passphrase = pass;
+  }
   if (*run)
     return cmd_run(swarm_path, goal, trace_path, quiet, as_json, timeout_s,
-                   max_steps, serve_approvals);
+                   max_steps, serve_approvals, cluster, tls);
+  if (*node) {
+    node_cmd.tls = tls;
+    node_cmd.heartbeat_interval = std::chrono::milliseconds{heartbeat_ms};
+    node_cmd.heartbeat_timeout = std::chrono::milliseconds{heartbeat_timeout_ms};
+    node_cmd.join_timeout = std::chrono::seconds{join_timeout_s};
+    return troupe::run_node(node_cmd, std::cerr);
+  }
   if (*apr_list)
     return cmd_approvals_list(connect, approvals_timeout_s);
   if (*apr_approve || *apr_deny)

@@ -1,6 +1,7 @@
 #include "runtime/runtime.hpp"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include <stdexcept>
@@ -10,6 +11,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/openssl/manager.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
@@ -27,23 +29,6 @@
 
 namespace troupe {
 
-namespace {
-
-
-/// How long an agent waits for a tool call through its guards: every attempt,
-/// every backoff at its cap and every wait in a limiter's queue.
-std::chrono::milliseconds call_budget(const tool_definition& def) {
-  const auto& g = def.guards;
-  auto attempts = 1 + std::max(g.retry.max_retries, 0);
-  auto per_attempt = g.retry.attempt_timeout.count() > 0
-                       ? std::min(g.retry.attempt_timeout, def.timeout)
-                       : def.timeout;
-  if (g.limits.any())
-    per_attempt += g.limits.max_wait;
-  return per_attempt * attempts + g.retry.cap * (attempts - 1);
-}
-
-} // namespace
 
 runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
   sys_cfg_ = std::make_unique<caf::actor_system_config>();
@@ -63,6 +48,18 @@ runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
   sys_cfg_->set("logger.console-verbosity", caf::atom("quiet"));
   if (cfg_.load_middleman)
     sys_cfg_->load<caf::io::middleman>();
+  if (cfg_.tls.enabled()) {
+    if (!cfg_.load_middleman)
+      throw std::invalid_argument(
+        "runtime_config: cluster TLS needs load_middleman");
+    // A bad file would otherwise end the process at the first connection.
+    validate(cfg_.tls);
+    sys_cfg_->load<caf::openssl::manager>();
+    sys_cfg_->openssl_certificate = cfg_.tls.certificate;
+    sys_cfg_->openssl_key = cfg_.tls.key;
+    sys_cfg_->openssl_cafile = cfg_.tls.ca_file;
+    sys_cfg_->openssl_passphrase = cfg_.tls.passphrase;
+  }
   sys_ = std::make_unique<caf::actor_system>(*sys_cfg_);
   blocking_ = std::make_shared<blocking_pool>(cfg_.blocking_threads);
   io_ = std::make_unique<io_pool>(cfg_.io_threads);
@@ -241,6 +238,9 @@ std::shared_ptr<http_client> runtime::http() {
 tool_actor runtime::tool(const std::string& name, const std::string& version) {
   ensure_running("tool");
   auto def = tools_.find(name, version);
+  if (!def && !node_name().empty())
+    if (auto found = find_tool(members(), name, version))
+      return found->tool.actor;
   if (!def)
     throw std::invalid_argument(
       "unknown tool '" + name + (version.empty() ? "" : "@" + version) + "'");
@@ -275,7 +275,8 @@ tool_actor runtime::tool(const std::string& name, const std::string& version) {
   return front;
 }
 
-agent_links runtime::resolve(agent_spec& spec) {
+agent_links runtime::resolve(agent_spec& spec,
+                             const std::vector<node_info>* directory) {
   validate(spec);
   if (!cfg_.model_override.empty()) {
     spec.model = cfg_.model_override;
@@ -294,11 +295,32 @@ agent_links runtime::resolve(agent_spec& spec) {
   } catch (const std::invalid_argument& ex) {
     throw std::invalid_argument("agent '" + spec.name + "': " + ex.what());
   }
+  std::optional<std::vector<node_info>> fetched;
   for (const auto& name : spec.tools) {
     auto def = tools_.find(name);
-    if (!def)
-      throw std::invalid_argument("agent '" + spec.name + "': unknown tool '"
-                                  + name + "'");
+    if (!def) {
+      // Hosted by another node of the cluster, when this runtime is in one.
+      if (!directory && node_name().empty())
+        throw std::invalid_argument("agent '" + spec.name + "': unknown tool '"
+                                    + name + "'");
+      if (!directory) {
+        fetched = members();
+        directory = &*fetched;
+      }
+      auto found = find_tool(*directory, name);
+      if (!found)
+        throw std::invalid_argument("agent '" + spec.name + "': unknown tool '"
+                                    + name + "' (registered here: none of "
+                                      "that name; hosted in the cluster: no)");
+      agent_tool t;
+      t.spec = found->tool.spec;
+      t.actor = found->tool.actor;
+      t.timeout = std::chrono::milliseconds{found->tool.call_timeout_ms};
+      t.idempotency.scope = idempotency_scope_from(found->tool.idempotency_scope);
+      t.idempotency.fields = found->tool.idempotency_fields;
+      links.tools.push_back(std::move(t));
+      continue;
+    }
     agent_tool t;
     t.spec = def->spec();
     t.actor = tool(name, def->definition.version);
@@ -588,15 +610,23 @@ std::shared_ptr<blocking_pool> runtime::blocking() {
 
 void runtime::shutdown() {
   std::vector<caf::actor_addr> owned;
+  caf::actor leaving;
   {
     std::lock_guard<std::mutex> guard{mtx_};
     if (stopped_)
       return;
+    leaving = node_;
     stopped_ = true;
     owned.swap(owned_);
     models_.clear();
     endpoints_.clear();
     adapters_.clear();
+  }
+  // The other members hear a goodbye rather than a lost connection.
+  if (leaving) {
+    caf::scoped_actor self{*sys_};
+    self->request(leaving, std::chrono::seconds{2}, cl_leave_atom::value)
+      .receive([](bool) {}, [](caf::error&) {});
   }
   // HTTP requests in flight complete with "client stopped" now, before the
   // actors waiting for them go.

@@ -37,6 +37,7 @@
 #include "actors/tool_guards.hpp"
 #include "actors/tracer.hpp"
 #include "messages/run.hpp"
+#include "runtime/cluster.hpp"
 #include "runtime/model_config.hpp"
 #include "runtime/tool_registry.hpp"
 #include "supervisors/supervised_agent.hpp"
@@ -92,6 +93,9 @@ struct runtime_config {
   std::string model_override;
   /// The HTTP client's settings (extra CA file, peer verification).
   http_client_options http;
+  /// TLS between nodes: when set, this runtime listens and dials peers only
+  /// over TLS, and refuses peers whose certificate the CA did not sign.
+  cluster_tls tls;
 };
 
 /// Per-run settings.
@@ -147,8 +151,9 @@ public:
   /// unknown, its script is bad or its endpoint cannot be set up.
   model_actor model(const std::string& name);
 
-  /// The actor serving a registered tool (one adapter per tool and version).
-  /// Throws std::invalid_argument when there is no such tool.
+  /// The actor serving a tool (one adapter per tool and version): a
+  /// registered one, else one a cluster member hosts. Throws
+  /// std::invalid_argument when there is no such tool.
   tool_actor tool(const std::string& name, const std::string& version = "");
 
   /// Spawns an agent; its model and tools are resolved now. Throws
@@ -246,6 +251,63 @@ public:
   /// The pool that runs tool bodies.
   std::shared_ptr<blocking_pool> blocking();
 
+  // -- cluster (runtime/cluster.hpp) -----------------------------------------
+
+  /// Makes this runtime a node: spawns its node actor, publishes it on
+  /// opts.host:opts.port (TLS when runtime_config::tls is set) and lists every
+  /// registered tool and hosted agent in the directory. Returns the bound
+  /// port. Throws std::invalid_argument for bad options and
+  /// std::runtime_error when the port cannot be bound.
+  uint16_t listen(node_options opts);
+
+  /// Joins a cluster through a seed node; returns the seed's name once every
+  /// member it named has been greeted. A runtime that has not listened joins
+  /// as a client named `client_name` (default "client-PID") that hosts
+  /// nothing and is reached over its own connections. Throws
+  /// std::runtime_error naming the address when the seed cannot be reached
+  /// or refuses (a taken name, a certificate it does not trust).
+  std::string connect(const std::string& host, uint16_t port,
+                      const std::string& client_name = "");
+
+  /// This runtime's node name; empty before listen() or connect().
+  std::string node_name() const;
+
+  /// Every member of the cluster as this node knows it, itself first.
+  /// Throws std::logic_error before listen() or connect().
+  std::vector<node_info> members();
+
+  /// Calls `fn` (on an actor thread: keep it short) with every membership
+  /// change. Lasts until shutdown.
+  void on_cluster_event(std::function<void(cluster_event)> fn);
+
+  /// Lists an agent (or team) this node hosts in the directory under `name`,
+  /// with capabilities look-ups can select it by.
+  void host(const std::string& name, runnable_actor agent,
+            std::vector<std::string> capabilities = {});
+
+  /// Lists every registered tool in the directory again (listen() and host()
+  /// do it; call it after adding tools later).
+  void announce();
+
+  /// Spawns an agent on a member node. Its model is resolved there, its tools
+  /// there or anywhere in the cluster; its spans go to this runtime's tracer,
+  /// its spending to this runtime's budget, its approvals to this runtime's
+  /// gate. It stops when this runtime shuts down or leaves. Throws
+  /// std::invalid_argument naming the node and what is wrong.
+  runnable_actor spawn_on(const std::string& node, agent_spec spec);
+
+  /// One agent spread over several nodes ("*" = every member that listens):
+  /// each run goes to the least busy replica, and the runs a lost node held
+  /// are sent again to a survivor with the same run identity, so their tool
+  /// calls keep their idempotency keys. Throws like spawn_on.
+  runnable_actor spawn_replicated(agent_spec spec,
+                                  std::vector<std::string> nodes);
+
+  /// Agents listed under a name (or, with an empty name, a capability)
+  /// anywhere in the cluster, this node's first.
+  std::vector<located_agent> find_agents(const std::string& name,
+                                         const std::string& capability = "");
+
   /// Stops every actor the runtime spawned (their waiting callers get a
   /// cancelled result), then the pools and the actor system. Idempotent. Call
   /// it from the thread that owns the runtime, never from a callback, a trace
@@ -260,8 +322,24 @@ private:
   /// Throws std::logic_error after shutdown().
   void ensure_running(const char* what) const;
 
-  /// Checks a spec and resolves its model and tools (may load a script file).
-  agent_links resolve(agent_spec& spec);
+  /// Checks a spec and resolves its model and tools (may load a script file);
+  /// tools not registered here come from the directory, when there is one
+  /// (else from members() once this runtime is in a cluster).
+  agent_links resolve(agent_spec& spec,
+                      const std::vector<node_info>* directory = nullptr);
+
+  /// Spawns an agent a peer asked for (the node actor's host_agent_fn).
+  runnable_actor host_remote_agent(const remote_agent_args& args,
+                                   const std::vector<node_info>& directory);
+
+  /// The directory entries of this node's tools and agents.
+  std::vector<tool_listing> tool_listings();
+
+  /// The node actor; throws std::logic_error naming `what` when there is none.
+  caf::actor node_actor(const char* what) const;
+
+  /// Starts the node actor (listen() and a client's connect()).
+  void start_node(node_options opts, std::string address);
 
   /// Puts the configured limiter (if any) in front of a model.
   model_actor limit_model(const std::string& name, model_actor model);
@@ -292,6 +370,10 @@ private:
   std::map<std::string, breaker_actor> breakers_;
   std::vector<caf::actor_addr> owned_;
   bool stopped_ = false;
+  caf::actor node_;
+  node_options node_opts_;
+  /// Agents this node lists in the directory, by name.
+  std::map<std::string, agent_listing> hosted_;
 };
 
 

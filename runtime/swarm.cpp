@@ -368,7 +368,7 @@ tool_declaration parse_tool(const std::string& name, const json& doc,
   if (!builtin && t.kind == "builtin")
     r.fail(r.at("kind"), "'" + name + "' is not a builtin tool (builtin "
                          "tools: " + join(builtins, ", ") + "); declare it "
-                         "as a lookup or journal tool");
+                         "as a lookup, journal or remote tool");
   if (t.kind == "builtin") {
     if (name == "kv_lookup") {
       r.only({"kind", "file", "timeout_ms", "retry", "breaker", "limits",
@@ -415,9 +415,13 @@ tool_declaration parse_tool(const std::string& name, const json& doc,
                                    "({\"type\": \"object\", ...})");
       t.settings["parameters"] = params;
     }
+  } else if (t.kind == "remote") {
+    // Hosted by cluster nodes; only its name is needed here.
+    r.only({"kind", "description"});
+    t.settings = {{"description", r.str("description", false)}};
   } else {
     r.fail(r.at("kind"), "unknown tool kind '" + t.kind
-                           + "' (expected lookup or journal)");
+                           + "' (expected lookup, journal or remote)");
   }
   t.timeout = millis(r, "timeout_ms", std::chrono::milliseconds{0}, 0);
   if (r.has("retry")) {
@@ -495,7 +499,8 @@ agent_spec parse_agent(const json& doc,
   object_reader r{origin, pointer, doc};
   r.only({"name", "role", "system_prompt", "model", "tools", "max_steps",
           "max_parallel_tools", "model_timeout_ms", "model_params",
-          "usage_estimate", "confidence", "loops", "approval_ttl_ms"});
+          "usage_estimate", "confidence", "loops", "approval_ttl_ms",
+          "nodes"});
   agent_spec spec;
   spec.name = r.name("name");
   spec.role = r.str("role", false);
@@ -816,8 +821,10 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
   if (!r.has("agents"))
     r.fail("", "missing required field 'agents'");
   const auto& agents = r.get("agents");
-  if (!agents.is_array() || agents.empty())
-    r.fail("/agents", "must be a non-empty array of agents");
+  // A node's swarm file may only declare tools for the cluster.
+  if (!agents.is_array() || (agents.empty() && !r.has("tools")))
+    r.fail("/agents", "must be a non-empty array of agents (or, in a "
+                      "node's swarm file that declares /tools, empty)");
   // Tools first: agents may name the tools declared here.
   auto builtins = builtin_tool_names();
   std::set<std::string> known(builtins.begin(), builtins.end());
@@ -884,6 +891,24 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
                             base_dir, known);
     if (!names.insert(spec.name).second)
       r.fail(pointer + "/name", "agent name '" + spec.name + "' is used twice");
+    if (agents[i].is_object() && agents[i].contains("nodes")) {
+      const auto& nodes = agents[i]["nodes"];
+      auto at = pointer + "/nodes";
+      if (!nodes.is_array() || nodes.empty())
+        r.fail(at, "must be a non-empty array of node names (or [\"*\"] "
+                   "for every node)");
+      std::vector<std::string> list;
+      for (size_t k = 0; k < nodes.size(); ++k) {
+        if (!nodes[k].is_string() || nodes[k].get<std::string>().empty())
+          r.fail(at + "/" + std::to_string(k), "must be a node name");
+        auto n = nodes[k].get<std::string>();
+        if (std::find(list.begin(), list.end(), n) != list.end())
+          r.fail(at + "/" + std::to_string(k),
+                 "node '" + n + "' is named twice");
+        list.push_back(std::move(n));
+      }
+      def.placement[spec.name] = std::move(list);
+    }
     def.agents.push_back(std::move(spec));
   }
   check_policy_names(def, r, known);
@@ -899,11 +924,12 @@ swarm_definition parse_swarm(const json& doc, const std::string& origin,
   }
   // By default the last team (it usually holds the others), else the first agent.
   def.entry = r.str("entry", false,
-                    def.teams.empty() ? def.agents.front().name
-                                      : def.teams.back().name);
+                    !def.teams.empty()    ? def.teams.back().name
+                    : def.agents.empty() ? std::string{}
+                                         : def.agents.front().name);
   auto is_team = std::any_of(def.teams.begin(), def.teams.end(),
                              [&](const auto& t) { return t.name == def.entry; });
-  if (names.count(def.entry) == 0 && !is_team)
+  if (!def.entry.empty() && names.count(def.entry) == 0 && !is_team)
     r.fail("/entry", "no agent or team is named '" + def.entry + "'");
   std::set<std::string> used;
   for (auto& a : def.agents)
@@ -1003,8 +1029,9 @@ swarm_definition load_swarm(const std::string& path) {
                    at + "/confidence/alternative_model");
   }
   for (auto& [name, decl] : def.tools) {
-    if (decl.kind == "journal")
-      continue; // opened at run time: checking would create its file
+    if (decl.kind == "journal" || decl.kind == "remote")
+      continue; // a journal is opened at run time (checking would create its
+                // file); a remote tool lives on another node
     try {
       tool_of(decl);
     } catch (const std::exception& ex) {
@@ -1088,7 +1115,22 @@ runnable_actor spawn_team(runtime& rt, const team_definition& t,
 
 } // namespace
 
-swarm_instance instantiate(runtime& rt, const swarm_definition& def) {
+void register_tools(runtime& rt, const swarm_definition& def) {
+  try {
+    for (const auto& [name, decl] : def.tools)
+      if (decl.kind != "remote" && !rt.tools().find(name))
+        rt.tools().add(tool_of(decl));
+    for (const char* name : {"calculator", "clock"})
+      if (!rt.tools().find(name))
+        rt.tools().add(tool_of(
+          tool_declaration{name, "builtin", json::object(), {}, {}, {}}));
+  } catch (const std::exception& ex) {
+    throw swarm_error(def.origin + ": " + ex.what());
+  }
+}
+
+swarm_instance instantiate(runtime& rt, const swarm_definition& def,
+                           bool in_cluster) {
   std::set<std::string> used;
   for (auto& a : def.agents)
     used.insert(a.tools.begin(), a.tools.end());
@@ -1097,19 +1139,35 @@ swarm_instance instantiate(runtime& rt, const swarm_definition& def) {
       if (rt.tools().find(name))
         continue;
       auto decl = def.tools.find(name);
+      if (decl != def.tools.end() && decl->second.kind == "remote") {
+        if (!in_cluster)
+          throw swarm_error(def.origin + ": /tools/" + name
+                            + ": a remote tool is hosted by cluster nodes: "
+                              "run the swarm on a cluster (troupe run "
+                              "--cluster HOST:PORT)");
+        continue;
+      }
       rt.tools().add(decl != def.tools.end()
                        ? tool_of(decl->second)
                        : tool_of(tool_declaration{name, "builtin", json::object(),
                                                   {}, {}, {}}));
     }
     swarm_instance out;
-    for (auto& spec : def.agents)
-      out.agents.emplace(spec.name, rt.spawn_agent(spec));
+    for (auto& spec : def.agents) {
+      auto placed = def.placement.find(spec.name);
+      if (in_cluster && placed != def.placement.end())
+        out.agents.emplace(spec.name,
+                           rt.spawn_replicated(spec, placed->second));
+      else
+        out.agents.emplace(spec.name, rt.spawn_agent(spec));
+    }
     for (const auto& t : def.teams)
       out.teams.emplace(t.name, rt.adopt(spawn_team(rt, t, out)));
     auto entry = out.agents.find(def.entry);
-    out.entry = entry != out.agents.end() ? entry->second
-                                          : out.teams.at(def.entry);
+    if (entry != out.agents.end())
+      out.entry = entry->second;
+    else if (auto team = out.teams.find(def.entry); team != out.teams.end())
+      out.entry = team->second;
     return out;
   } catch (const swarm_error&) {
     throw;

@@ -85,11 +85,12 @@ struct team_definition {
 };
 
 /// A tool a swarm file declares or configures under /tools: a builtin
-/// (calculator, clock, kv_lookup) with settings, or one of the declarative
-/// kinds (lookup, journal; see docs/swarm-files.md), with its guards.
+/// (calculator, clock, kv_lookup) with settings, one of the declarative
+/// kinds (lookup, journal; see docs/swarm-files.md) with its guards, or a
+/// remote tool that cluster nodes host.
 struct tool_declaration {
   std::string name;
-  /// "builtin", "lookup" or "journal".
+  /// "builtin", "lookup", "journal" or "remote".
   std::string kind = "builtin";
   /// The kind's own settings (files already resolved to full paths).
   json settings = json::object();
@@ -116,6 +117,9 @@ struct swarm_definition {
   /// fallback chain, cache).
   std::map<std::string, model_settings> models;
   std::vector<agent_spec> agents;
+  /// Where agents run on a cluster (/agents/N/nodes): node names, or "*"
+  /// for every listening member. Ignored when the swarm runs in one process.
+  std::map<std::string, std::vector<std::string>> placement;
   /// Teams, in an order where every team comes after the teams it contains.
   std::vector<team_definition> teams;
   /// The agent or team that receives the goal.
@@ -142,8 +146,17 @@ struct swarm_instance {
   runnable_actor entry;
 };
 
+/// Registers every tool the swarm declares (but remote ones) and the
+/// builtins that need no settings (calculator, clock), for a node that hosts
+/// them for a cluster. Throws swarm_error naming the swarm on failure.
+void register_tools(runtime& rt, const swarm_definition& def);
+
 /// Registers the builtin tools the swarm uses (unless already registered) and
-/// spawns its agents. Throws swarm_error naming the swarm on failure.
-swarm_instance instantiate(runtime& rt, const swarm_definition& def);
+/// spawns its agents. In a cluster (`in_cluster`, the runtime has connected),
+/// agents with /nodes are spread over those nodes (runtime::spawn_replicated)
+/// and remote tools come from the directory. Throws swarm_error naming the
+/// swarm on failure.
+swarm_instance instantiate(runtime& rt, const swarm_definition& def,
+                           bool in_cluster = false);
 
 } // namespace troupe

@@ -98,6 +98,37 @@ std::string task_digest(const std::string& goal, const json& context) {
   return stable_hash(goal + "|" + safe_dump(context));
 }
 
+const char* to_string(idempotency_scope x) {
+  switch (x) {
+    case idempotency_scope::call:
+      return "call";
+    case idempotency_scope::run:
+      return "run";
+    case idempotency_scope::global:
+      return "global";
+  }
+  return "call";
+}
+
+idempotency_scope idempotency_scope_from(const std::string& name) {
+  if (name == "run")
+    return idempotency_scope::run;
+  if (name == "global")
+    return idempotency_scope::global;
+  return idempotency_scope::call;
+}
+
+std::chrono::milliseconds call_budget(const tool_definition& def) {
+  const auto& g = def.guards;
+  auto attempts = 1 + std::max(g.retry.max_retries, 0);
+  auto per_attempt = g.retry.attempt_timeout.count() > 0
+                       ? std::min(g.retry.attempt_timeout, def.timeout)
+                       : def.timeout;
+  if (g.limits.any())
+    per_attempt += g.limits.max_wait;
+  return per_attempt * attempts + g.retry.cap * (attempts - 1);
+}
+
 std::string idempotency_key(const idempotency_config& cfg,
                             const tool_call& call, const std::string& task) {
   if (cfg.key)

@@ -77,6 +77,11 @@ struct idempotency_config {
   std::function<std::string(const tool_call&)> key;
 };
 
+/// A scope's name as in swarm files and the cluster directory ("call",
+/// "run", "global"), and back (an unknown name is "call").
+const char* to_string(idempotency_scope x);
+idempotency_scope idempotency_scope_from(const std::string& name);
+
 /// The idempotency key of a call under a tool's configuration: a stable hash
 /// of what the scope and fields name (or the custom function's result).
 /// `task` identifies the agent's task within the run (see task_digest); only
@@ -141,6 +146,11 @@ public:
 
 /// Compares dotted versions numerically; returns <0, 0 or >0.
 int compare_versions(const std::string& a, const std::string& b);
+
+/// How long a caller waits for one call of the tool through its guards:
+/// every attempt, every backoff at its cap and every wait in a limiter's
+/// queue.
+std::chrono::milliseconds call_budget(const tool_definition& def);
 
 /// Tools by name, version and capability. Thread-safe.
 class tool_registry {
