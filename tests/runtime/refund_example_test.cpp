@@ -6,14 +6,7 @@
 
 #include <catch2/catch.hpp>
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -25,6 +18,7 @@
 #include <vector>
 
 #include "messages/json_value.hpp"
+#include "support/child_process.hpp"
 #include "support/paths.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
@@ -248,148 +242,6 @@ size_t count_of(const std::string& text, const std::string& what) {
     ++n;
   return n;
 }
-
-// -- a child process that keeps running while the test drives it -------------
-
-/// `troupe run` as a child process in a folder: stdout goes to a file, stderr
-/// comes through a pipe the test reads line by line with finite timeouts.
-/// A child still running when the test ends is killed (by its pid).
-class child_process {
-public:
-  child_process(const std::vector<std::string>& args, const std::string& cwd,
-                const std::string& stdout_path) {
-    std::vector<char*> argv;
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0)
-      return;
-    int out = ::open(stdout_path.c_str(),
-                     O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (out < 0 || in < 0) {
-      for (int fd : {fds[0], fds[1], out, in})
-        if (fd >= 0)
-          ::close(fd);
-      return;
-    }
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      // Only async-signal-safe calls between fork and exec.
-      if (::chdir(cwd.c_str()) != 0 || ::dup2(in, 0) < 0 || ::dup2(out, 1) < 0
-          || ::dup2(fds[1], 2) < 0)
-        ::_exit(127);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    ::close(out);
-    ::close(in);
-    if (pid_ < 0) {
-      ::close(fds[0]);
-      return;
-    }
-    err_fd_ = fds[0];
-  }
-
-  ~child_process() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGKILL);
-      int status = 0;
-      ::waitpid(pid_, &status, 0);
-    }
-    if (err_fd_ >= 0)
-      ::close(err_fd_);
-  }
-
-  child_process(const child_process&) = delete;
-  child_process& operator=(const child_process&) = delete;
-
-  bool started() const noexcept {
-    return pid_ > 0 && err_fd_ >= 0;
-  }
-
-  /// Reads stderr until a line matches `re` or `limit` passes or stderr
-  /// ends; the match and its groups, or nothing.
-  std::vector<std::string> wait_for_line(const std::regex& re,
-                                         std::chrono::milliseconds limit) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    for (;;) {
-      // Complete lines not looked at yet.
-      for (auto nl = pending_.find('\n'); nl != std::string::npos;
-           nl = pending_.find('\n')) {
-        lines_.push_back(pending_.substr(0, nl));
-        pending_.erase(0, nl + 1);
-        std::smatch m;
-        if (std::regex_search(lines_.back(), m, re))
-          return {m.begin(), m.end()};
-      }
-      if (eof_ || !read_some(deadline))
-        return {};
-    }
-  }
-
-  /// Reads stderr to its end and reaps the child; the exit code, or -1 when
-  /// it did not end within `limit` (it is killed then).
-  int wait_exit(std::chrono::milliseconds limit) {
-    if (!started() || reaped_)
-      return -1;
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!eof_)
-      if (!read_some(deadline))
-        break;
-    if (!eof_) {
-      ::kill(pid_, SIGKILL);
-    }
-    // stderr closed: the child has exited (or was just killed).
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    reaped_ = true;
-    if (!eof_)
-      return -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  }
-
-  /// All of stderr read so far.
-  std::string err() const {
-    std::string out;
-    for (const auto& l : lines_)
-      out += l + "\n";
-    return out + pending_;
-  }
-
-private:
-  /// Waits for stderr output until `deadline`; false on timeout or error.
-  bool read_some(std::chrono::steady_clock::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0)
-      return false;
-    pollfd p{err_fd_, POLLIN, 0};
-    auto ready = ::poll(&p, 1, static_cast<int>(left.count()));
-    if (ready < 0 && errno == EINTR)
-      return true;
-    if (ready <= 0)
-      return false;
-    char buf[4096];
-    auto n = ::read(err_fd_, buf, sizeof(buf));
-    if (n < 0)
-      return errno == EINTR || errno == EAGAIN;
-    if (n == 0)
-      eof_ = true;
-    else
-      pending_.append(buf, static_cast<size_t>(n));
-    return true;
-  }
-
-  pid_t pid_ = -1;
-  int err_fd_ = -1;
-  bool eof_ = false;
-  bool reaped_ = false;
-  std::string pending_;
-  std::vector<std::string> lines_;
-};
 
 /// `troupe run refund.swarm.json` in a fresh folder, serving its approval gate
 /// on a free port, paused at its approval request for the A-1001 refund.

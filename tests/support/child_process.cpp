@@ -1,0 +1,206 @@
+#include "support/child_process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace troupe::test {
+
+child_process::child_process(const std::vector<std::string>& args,
+                             const std::string& cwd,
+                             const std::string& stdout_path) {
+  start(args, cwd, stdout_path, nullptr);
+}
+
+child_process::child_process(const std::vector<std::string>& args,
+                             const std::string& cwd,
+                             const std::string& stdout_path,
+                             const std::string& stderr_path)
+  : err_path_(stderr_path) {
+  start(args, cwd, stdout_path, &stderr_path);
+}
+
+void child_process::start(const std::vector<std::string>& args,
+                          const std::string& cwd,
+                          const std::string& stdout_path,
+                          const std::string* stderr_path) {
+  std::vector<char*> argv;
+  for (const auto& a : args)
+    argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  int fds[2] = {-1, -1};
+  int err = -1;
+  if (stderr_path == nullptr) {
+    if (::pipe2(fds, O_CLOEXEC) != 0)
+      return;
+    err = fds[1];
+  } else {
+    err = ::open(stderr_path->c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+                 0644);
+  }
+  int out = ::open(stdout_path.c_str(),
+                   O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (err < 0 || out < 0 || in < 0) {
+    for (int fd : {fds[0], err, out, in})
+      if (fd >= 0)
+        ::close(fd);
+    return;
+  }
+  auto parent = ::getpid();
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    // Only async-signal-safe calls between fork and exec. The child dies with
+    // the test process, also when that is killed (a ctest timeout) before the
+    // destructor could run.
+    if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || ::getppid() != parent)
+      ::_exit(127);
+    if (::chdir(cwd.c_str()) != 0 || ::dup2(in, 0) < 0 || ::dup2(out, 1) < 0
+        || ::dup2(err, 2) < 0)
+      ::_exit(127);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(err);
+  ::close(out);
+  ::close(in);
+  if (pid_ < 0) {
+    if (fds[0] >= 0)
+      ::close(fds[0]);
+    return;
+  }
+  if (stderr_path == nullptr)
+    err_fd_ = fds[0];
+}
+
+child_process::~child_process() {
+  if (pid_ > 0 && !reaped_) {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+  if (err_fd_ >= 0)
+    ::close(err_fd_);
+}
+
+bool child_process::started() const noexcept {
+  return pid_ > 0 && (err_fd_ >= 0 || !err_path_.empty());
+}
+
+bool child_process::running() {
+  if (pid_ <= 0 || reaped_)
+    return false;
+  int status = 0;
+  auto r = ::waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    reaped_ = true;
+    status_ = status;
+    return false;
+  }
+  return r == 0;
+}
+
+void child_process::send_signal(int sig) {
+  if (pid_ > 0 && !reaped_)
+    ::kill(pid_, sig);
+}
+
+std::vector<std::string>
+child_process::wait_for_line(const std::regex& re,
+                             std::chrono::milliseconds limit) {
+  if (err_fd_ < 0)
+    return {};
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    // Complete lines not looked at yet.
+    for (auto nl = pending_.find('\n'); nl != std::string::npos;
+         nl = pending_.find('\n')) {
+      lines_.push_back(pending_.substr(0, nl));
+      pending_.erase(0, nl + 1);
+      std::smatch m;
+      if (std::regex_search(lines_.back(), m, re))
+        return {m.begin(), m.end()};
+    }
+    if (eof_ || !read_some(deadline))
+      return {};
+  }
+}
+
+int child_process::wait_exit(std::chrono::milliseconds limit) {
+  if (!started())
+    return -1;
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  bool ended = false;
+  if (err_fd_ >= 0) {
+    if (reaped_)
+      return -1;
+    while (!eof_)
+      if (!read_some(deadline))
+        break;
+    if (!eof_)
+      ::kill(pid_, SIGKILL);
+    // stderr closed: the child has exited (or was just killed).
+    ::waitpid(pid_, &status_, 0);
+    reaped_ = true;
+    ended = eof_;
+  } else {
+    // No pipe to wait on: poll for the exit, bounded by the deadline.
+    while (running() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds{20});
+    if (!reaped_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status_, 0);
+      reaped_ = true;
+    } else {
+      ended = true;
+    }
+  }
+  if (!ended)
+    return -1;
+  return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1;
+}
+
+std::string child_process::err() const {
+  if (!err_path_.empty()) {
+    std::ifstream in{err_path_};
+    std::stringstream buf;
+    buf << in.rdbuf();
+    return buf.str();
+  }
+  std::string out;
+  for (const auto& l : lines_)
+    out += l + "\n";
+  return out + pending_;
+}
+
+bool child_process::read_some(std::chrono::steady_clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+    deadline - std::chrono::steady_clock::now());
+  if (left.count() <= 0)
+    return false;
+  pollfd p{err_fd_, POLLIN, 0};
+  auto ready = ::poll(&p, 1, static_cast<int>(left.count()));
+  if (ready < 0 && errno == EINTR)
+    return true;
+  if (ready <= 0)
+    return false;
+  char buf[4096];
+  auto n = ::read(err_fd_, buf, sizeof(buf));
+  if (n < 0)
+    return errno == EINTR || errno == EAGAIN;
+  if (n == 0)
+    eof_ = true;
+  else
+    pending_.append(buf, static_cast<size_t>(n));
+  return true;
+}
+
+} // namespace troupe::test
