@@ -6,10 +6,12 @@
 //                [--w3-n LIST] [--w3-latency-ms MS] [--w3-max-gib G]
 //                [--gateway-requests N] [--gateway-in-flight N]
 //                [--gateway-calls N] [--gateway-stream-calls N]
+//                [--cluster-calls N] [--cluster-throughput-calls N]
+//                [--cluster-in-flight N]
 //
 // --workload picks a comma-separated subset of floor, W1, guards, restart,
-// W2, W3, gateway (default: all, in that order; W1 also runs floor, which its
-// ratio needs). The LIST options are comma-separated integers.
+// W2, W3, gateway, cluster (default: all, in that order; W1 also runs floor,
+// which its ratio needs). The LIST options are comma-separated integers.
 //
 // floor      CAF event-based request/response round trip between two actors:
 //            the least a message-driven step can cost on this machine.
@@ -80,6 +82,13 @@
 //            gateway adds over a bare Beast request (p50, p99; --gateway-calls
 //            sequential requests per path, default 2000; streamed:
 //            --gateway-stream-calls, default 1000, 0 for none).
+// cluster    a tool call to an adapter in this process against one on a node
+//            process this binary starts (hidden --cluster-serve PORTFILE) on
+//            loopback (bench/cluster_bench.hpp): p50/p99 of sequential calls
+//            (--cluster-calls, default 2000) and calls/s with
+//            --cluster-in-flight (default 64) pipelined
+//            (--cluster-throughput-calls per round, default 20000), with the
+//            ratios remote/local.
 //
 // W2 and W3 run on the runtime's defaults; TROUPE_SCHEDULER (stealing or
 // sharing, which W1 honours too) and TROUPE_SCHEDULER_THREADS override the
@@ -127,6 +136,7 @@
 
 #include "actors/scripted_model.hpp"
 #include "actors/tool_adapter.hpp"
+#include "bench/cluster_bench.hpp"
 #include "bench/gateway_bench.hpp"
 #include "messages/type_ids.hpp"
 #include "runtime/clock.hpp"
@@ -1628,7 +1638,7 @@ int main(int argc, char** argv) {
   spdlog::set_default_logger(spdlog::stderr_color_mt("troupe-bench"));
   spdlog::set_level(spdlog::level::warn);
   const std::vector<std::string> all_workloads{"floor", "W1", "guards", "restart",
-                                               "W2", "W3", "gateway"};
+                                               "W2", "W3", "gateway", "cluster"};
   std::set<std::string> workloads{all_workloads.begin(), all_workloads.end()};
   int runs = 2000;
   int floor_trips = 200000;
@@ -1641,6 +1651,7 @@ int main(int argc, char** argv) {
   bool w3_auto_latency = true;
   double w3_max_gib = 12;
   troupe::bench::gateway_bench_options gateway;
+  troupe::bench::cluster_bench_options cluster;
   // Hidden: one W2 or W3 configuration in this process (see run_child).
   std::string child;
   int64_t child_n = 1;
@@ -1675,10 +1686,10 @@ int main(int argc, char** argv) {
           workloads.insert(name);
         else
           expected = "a comma-separated subset of floor, W1, guards, restart, W2, "
-                     "W3, gateway";
+                     "W3, gateway, cluster";
       if (workloads.empty())
         expected = "a comma-separated subset of floor, W1, guards, restart, W2, "
-                   "W3, gateway";
+                   "W3, gateway, cluster";
     } else if (flag == "--guards-agents") {
       one_integer(1, guards_agents);
     } else if (flag == "--guards-calls") {
@@ -1707,6 +1718,15 @@ int main(int argc, char** argv) {
       one_integer(1, gateway.latency_calls);
     } else if (flag == "--gateway-stream-calls") {
       one_integer(0, gateway.stream_calls);
+    } else if (flag == "--cluster-calls") {
+      one_integer(1, cluster.latency_calls);
+    } else if (flag == "--cluster-throughput-calls") {
+      one_integer(1, cluster.throughput_calls);
+    } else if (flag == "--cluster-in-flight") {
+      one_integer(1, cluster.in_flight);
+    } else if (flag == "--cluster-serve") {
+      // Hidden: the host node of the cluster workload (cluster_bench.hpp).
+      return troupe::bench::run_cluster_serve(value);
     } else if (flag == "--child") {
       child = value;
       if (child != "W2" && child != "W3")
@@ -1828,5 +1848,7 @@ int main(int argc, char** argv) {
     ok &= run_w3(argv[0], w3_n, w3_latency, w3_auto_latency, w3_max_gib);
   if (wants("gateway"))
     ok &= troupe::bench::run_gateway_bench(gateway);
+  if (wants("cluster"))
+    ok &= troupe::bench::run_cluster_bench(cluster);
   return ok ? 0 : 1;
 }
