@@ -210,6 +210,10 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
       seed = troupe::parse_host_port(cluster);
     if (tls.enabled())
       troupe::validate(tls);
+    if (tls.enabled() && !approvals_addr.empty())
+      throw std::invalid_argument(
+        "--approvals serves the gate over plain TCP, which would let peers "
+        "without a certificate into a TLS cluster: use one or the other");
     if (def.entry.empty())
       throw troupe::swarm_error(swarm_path + ": it has no agents to run (a "
                                              "node's swarm file only hosts "

@@ -1,6 +1,7 @@
 #include "runtime/cluster.hpp"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -10,11 +11,13 @@
 #include <caf/actor_system.hpp>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
 #include <caf/event_based_actor.hpp>
 #include <caf/exit_reason.hpp>
 #include <caf/io/middleman_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
+#include <caf/typed_response_promise.hpp>
 #include <spdlog/spdlog.h>
 
 #include "messages/errors.hpp"
@@ -30,9 +33,11 @@ void validate(const cluster_tls& tls) {
     if (path.empty())
       fail(std::string{what} + " is not set (TLS needs a certificate, its "
                                "key and the cluster's CA file)");
+    std::error_code ec;
     std::ifstream in{path};
-    if (!in)
-      fail(std::string{"cannot read "} + what + " '" + path + "'");
+    if (!in || !std::filesystem::is_regular_file(path, ec))
+      fail(std::string{"cannot read "} + what + " '" + path
+           + "' (no such file, or not a regular file)");
   };
   check(tls.certificate, "the certificate");
   check(tls.key, "the key");
@@ -52,6 +57,7 @@ void validate(const cluster_tls& tls) {
     ERR_error_string_n(code, buf, sizeof(buf));
     return std::string{buf};
   };
+  ERR_clear_error();
   if (SSL_CTX_use_certificate_chain_file(ctx.get(), tls.certificate.c_str())
       != 1)
     fail("the certificate '" + tls.certificate
@@ -65,6 +71,7 @@ void validate(const cluster_tls& tls) {
       std::copy_n(p.data(), n, buf);
       return n;
     });
+  ERR_clear_error();
   if (SSL_CTX_use_PrivateKey_file(ctx.get(), tls.key.c_str(), SSL_FILETYPE_PEM)
       != 1)
     fail("cannot load the key '" + tls.key
@@ -72,10 +79,25 @@ void validate(const cluster_tls& tls) {
   if (SSL_CTX_check_private_key(ctx.get()) != 1)
     fail("the key '" + tls.key + "' does not belong to the certificate '"
          + tls.certificate + "'");
+  ERR_clear_error();
   if (SSL_CTX_load_verify_locations(ctx.get(), tls.ca_file.c_str(), nullptr)
       != 1)
     fail("the CA file '" + tls.ca_file + "' holds no PEM certificate: "
          + openssl_error());
+  // Peers check this node's certificate against the same CA: one the CA did
+  // not sign would fail every handshake with nothing but a disconnect.
+  std::unique_ptr<X509_STORE_CTX, decltype(&X509_STORE_CTX_free)> chain{
+    X509_STORE_CTX_new(), &X509_STORE_CTX_free};
+  if (!chain
+      || X509_STORE_CTX_init(chain.get(), SSL_CTX_get_cert_store(ctx.get()),
+                             SSL_CTX_get0_certificate(ctx.get()), nullptr)
+           != 1)
+    fail("cannot check the certificate '" + tls.certificate + "'");
+  if (X509_verify_cert(chain.get()) != 1)
+    fail("the certificate '" + tls.certificate
+         + "' is not signed by the CA in '" + tls.ca_file + "': "
+         + X509_verify_cert_error_string(
+           X509_STORE_CTX_get_error(chain.get())));
   ERR_clear_error();
 }
 
@@ -236,6 +258,59 @@ bool split_address(const std::string& text, std::string& host,
   return true;
 }
 
+/// One join in progress: the members still being greeted.
+struct join_state {
+  caf::typed_response_promise<std::string> promise;
+  std::string seed;
+  std::set<std::string> attempted;
+  size_t pending = 0;
+  bool done = false;
+
+  /// Answers the join once nothing is pending any more.
+  void settle() {
+    if (!done && pending == 0) {
+      done = true;
+      promise.deliver(seed);
+    }
+  }
+};
+
+/// Greets every member of `infos` this node does not know yet (and, through
+/// their answers, the members they know).
+void greet_members(node_self* self, const std::shared_ptr<join_state>& join,
+                   std::vector<node_info> infos) {
+  auto& st = self->state;
+  for (auto& info : infos) {
+    if (info.name == st.cfg.self.name || st.peers.count(info.name) != 0
+        || !join->attempted.insert(info.name).second)
+      continue;
+    std::string host;
+    uint16_t port = 0;
+    if (info.address.empty() || !split_address(info.address, host, port)) {
+      // A client: reachable only through its own connection.
+      add_peer(self, std::move(info));
+      continue;
+    }
+    if (st.leaving)
+      continue;
+    ++join->pending;
+    auto name = info.name;
+    greet(self, host, port,
+          [self, join, name](const std::string& why,
+                             std::vector<node_info> theirs) {
+            --join->pending;
+            if (!why.empty()) {
+              spdlog::warn("node {}: cannot greet member {}: {}",
+                           self->state.cfg.self.name, name, why);
+            } else if (!theirs.empty() && theirs.front().name == name) {
+              add_peer(self, theirs.front());
+              greet_members(self, join, std::move(theirs));
+            }
+            join->settle();
+          });
+  }
+}
+
 caf::behavior node_actor(node_self* self, node_actor_config cfg) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
@@ -251,6 +326,13 @@ caf::behavior node_actor(node_self* self, node_actor_config cfg) {
                   "connection lost: " + error_text(msg.reason));
         return;
       }
+    // A guest agent that stopped.
+    for (auto& [origin, guests] : st.guests)
+      guests.erase(std::remove_if(guests.begin(), guests.end(),
+                                  [&](const caf::actor& a) {
+                                    return a.address() == msg.source;
+                                  }),
+                   guests.end());
     // A sink that stopped.
     auto& sinks = st.sinks;
     sinks.erase(std::remove_if(sinks.begin(), sinks.end(),
@@ -267,6 +349,9 @@ caf::behavior node_actor(node_self* self, node_actor_config cfg) {
       if (st.leaving)
         return make_error(errc::unavailable, "node '" + st.cfg.self.name
                                              + "' is leaving the cluster");
+      if (!st.cfg.ready)
+        return make_error(errc::unavailable, "node '" + st.cfg.self.name
+                                             + "' is starting; try again");
       if (auto why = name_conflict(st, info); !why.empty()) {
         spdlog::warn("node {}: refused a greeting: {}", st.cfg.self.name, why);
         return make_error(errc::invalid_input, why);
@@ -276,8 +361,27 @@ caf::behavior node_actor(node_self* self, node_actor_config cfg) {
     },
     [self](cl_beat_atom, const std::string& name, uint64_t) {
       auto& st = self->state;
-      if (auto i = st.peers.find(name); i != st.peers.end())
+      if (auto i = st.peers.find(name); i != st.peers.end()) {
         i->second.last_heard = std::chrono::steady_clock::now();
+        return;
+      }
+      // A member this node gave up on (silent for too long, e.g. stopped or
+      // cut off) is alive again: greet it, so the mesh heals.
+      auto sender = caf::actor_cast<caf::actor>(self->current_sender());
+      if (!sender || st.leaving)
+        return;
+      self
+        ->request(sender, st.cfg.connect_timeout, cl_hello_atom::value,
+                  st.cfg.self)
+        .then(
+          [self, name](std::vector<node_info>& infos) {
+            if (!infos.empty() && infos.front().name == name)
+              add_peer(self, std::move(infos.front()));
+          },
+          [self, name](caf::error& err) {
+            spdlog::warn("node {}: cannot greet {} again: {}",
+                         self->state.cfg.self.name, name, error_text(err));
+          });
     },
     [self](cl_update_atom, node_info& info) {
       auto& st = self->state;
@@ -295,8 +399,10 @@ caf::behavior node_actor(node_self* self, node_actor_config cfg) {
       try {
         auto agent = caf::actor_cast<caf::actor>(
           st.cfg.host_agent(args, directory(st)));
-        if (!args.origin.empty())
+        if (!args.origin.empty()) {
+          self->monitor(agent);
           st.guests[args.origin].push_back(agent);
+        }
         return agent;
       } catch (const std::exception& ex) {
         spdlog::warn("node {}: cannot spawn an agent for {}: {}",
@@ -323,53 +429,24 @@ caf::behavior node_actor(node_self* self, node_actor_config cfg) {
                 rp.deliver(make_error(errc::invalid_input, c));
                 return;
               }
+              add_peer(self, infos.front());
               // The others are dialled directly, so that no member's traffic
-              // runs through the seed (which may fail on its own).
-              std::vector<node_info> others;
-              for (auto& info : infos) {
-                if (info.name == seed) {
-                  add_peer(self, std::move(info));
-                } else if (info.name != st.cfg.self.name
-                           && st.peers.count(info.name) == 0) {
-                  others.push_back(std::move(info));
-                }
-              }
-              auto pending = std::make_shared<size_t>(others.size());
-              if (*pending == 0) {
-                rp.deliver(seed);
-                return;
-              }
-              for (auto& info : others) {
-                std::string host;
-                uint16_t port = 0;
-                if (info.address.empty()
-                    || !split_address(info.address, host, port)) {
-                  // A client: reachable only through its own connection.
-                  add_peer(self, std::move(info));
-                  if (--*pending == 0)
-                    rp.deliver(seed);
-                  continue;
-                }
-                auto name = info.name;
-                greet(self, host, port,
-                      [self, rp, seed, pending,
-                       name](const std::string& why,
-                             std::vector<node_info> theirs) mutable {
-                        if (!why.empty())
-                          spdlog::warn("node {}: cannot greet member {}: {}",
-                                       self->state.cfg.self.name, name, why);
-                        else if (!theirs.empty() && theirs.front().name == name)
-                          add_peer(self, std::move(theirs.front()));
-                        if (--*pending == 0)
-                          rp.deliver(seed);
-                      });
-              }
+              // runs through the seed (which may fail on its own); members
+              // they name in turn are greeted too, so two joins through
+              // different seeds at once still end in one mesh.
+              auto join = std::make_shared<join_state>();
+              join->promise = rp;
+              join->seed = seed;
+              join->attempted.insert(seed);
+              greet_members(self, join, std::move(infos));
+              join->settle();
             });
       return rp;
     },
     [self](cl_members_atom) { return directory(self->state); },
     [self](cl_address_atom, std::string& address) {
       self->state.cfg.self.address = std::move(address);
+      self->state.cfg.ready = true;
     },
     [self](cl_publish_atom, std::vector<agent_listing>& agents,
            std::vector<tool_listing>& tools) {

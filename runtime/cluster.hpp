@@ -111,6 +111,9 @@ struct node_actor_config {
   host_agent_fn host_agent;
   /// How long dialling and greeting one peer may take.
   std::chrono::milliseconds connect_timeout{std::chrono::seconds{10}};
+  /// False for a node that still has to learn its address (published on
+  /// port 0): greetings are refused until cl_address_atom arrives.
+  bool ready = true;
 };
 
 /// Spawns a node actor (not yet published: see runtime::listen).

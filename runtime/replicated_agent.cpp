@@ -102,6 +102,17 @@ void dispatch(replicated_self* self, uint64_t id) {
         if (i == st.runs.end() || i->second.generation != gen)
           return;
         --st.slots[best].in_flight;
+        // A replica stopped by its node (leaving the cluster, or dropping
+        // this one for silence) answers its runs as it stops: that is the
+        // node going away, not the run's outcome.
+        auto stopped = "agent '" + st.cfg.name + "@"
+                       + st.slots[best].replica.node + "' stopped: ";
+        if ((r.status == run_status::cancelled
+             || r.status == run_status::failed)
+            && r.error.rfind(stopped, 0) == 0) {
+          lose(self, best, r.error.substr(stopped.size() - 9));
+          return;
+        }
         finish(self, id, std::move(r));
       },
       [self, id, gen, best](caf::error& err) {
@@ -133,12 +144,18 @@ void lose(replicated_self* self, size_t index, const std::string& why) {
   slot.alive = false;
   slot.lost = why;
   slot.in_flight = 0;
-  spdlog::warn("agent {}: replica on node {} lost: {}", st.cfg.name,
-               slot.replica.node, why);
   std::vector<uint64_t> moved;
   for (auto& [id, run] : st.runs)
     if (run.replica == index)
       moved.push_back(id);
+  // A replica without runs (its node left, or this process is stopping) is
+  // worth a warning only when it held work.
+  if (moved.empty())
+    spdlog::info("agent {}: replica on node {} gone: {}", st.cfg.name,
+                 slot.replica.node, why);
+  else
+    spdlog::warn("agent {}: replica on node {} lost with {} run(s): {}",
+                 st.cfg.name, slot.replica.node, moved.size(), why);
   for (auto id : moved) {
     auto& run = st.runs.at(id);
     auto from = slot.replica.node;

@@ -338,8 +338,9 @@ private:
   /// The node actor; throws std::logic_error naming `what` when there is none.
   caf::actor node_actor(const char* what) const;
 
-  /// Starts the node actor (listen() and a client's connect()).
-  void start_node(node_options opts, std::string address);
+  /// Starts the node actor (listen() and a client's connect()); one that is
+  /// not `ready` refuses greetings until it learns its address.
+  void start_node(node_options opts, std::string address, bool ready);
 
   /// Puts the configured limiter (if any) in front of a model.
   model_actor limit_model(const std::string& name, model_actor model);

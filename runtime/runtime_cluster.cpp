@@ -29,19 +29,30 @@ namespace {
 /// How long the facade waits for its node actor or a peer.
 constexpr auto node_timeout = std::chrono::seconds{30};
 
+/// How long a join may take: the seed dialled and greeted, then each member
+/// it names (a dial and a greeting each take at most the node actor's
+/// connect timeout, 10 s), with a margin.
+constexpr auto join_timeout = std::chrono::seconds{60};
+
 /// Waits for one reply of the node actor (or a peer's).
 template <class T, class... Ts>
-T ask(caf::actor_system& sys, const caf::actor& dest, const std::string& what,
-      Ts&&... xs) {
+T ask_within(caf::actor_system& sys, std::chrono::seconds timeout,
+             const caf::actor& dest, const std::string& what, Ts&&... xs) {
   caf::scoped_actor self{sys};
   std::optional<T> out;
   std::string failure;
-  self->request(dest, node_timeout, std::forward<Ts>(xs)...)
+  self->request(dest, timeout, std::forward<Ts>(xs)...)
     .receive([&](T& x) { out = std::move(x); },
              [&](caf::error& err) { failure = error_text(err); });
   if (!out)
     throw std::runtime_error(what + ": " + failure);
   return std::move(*out);
+}
+
+template <class T, class... Ts>
+T ask(caf::actor_system& sys, const caf::actor& dest, const std::string& what,
+      Ts&&... xs) {
+  return ask_within<T>(sys, node_timeout, dest, what, std::forward<Ts>(xs)...);
 }
 
 std::string names_of(const std::vector<node_info>& dir) {
@@ -70,8 +81,9 @@ std::string runtime::node_name() const {
   return node_ ? node_opts_.name : std::string{};
 }
 
-void runtime::start_node(node_options opts, std::string address) {
+void runtime::start_node(node_options opts, std::string address, bool ready) {
   node_actor_config nc;
+  nc.ready = ready;
   nc.options = opts;
   nc.self.name = opts.name;
   nc.self.address = std::move(address);
@@ -105,30 +117,22 @@ uint16_t runtime::listen(node_options opts) {
   if (opts.name.empty())
     throw std::invalid_argument("listen: the node needs a name");
   auto where = opts.host + ":" + std::to_string(opts.port);
-  // Published first on a port of its own choosing when the port is 0, so the
-  // advertised address can name the bound port: a small forwarding actor
-  // would cost a hop per message, so the node actor is made with the
-  // address filled in after binding instead.
-  caf::actor probe;
-  uint16_t bound = 0;
-  {
-    // Bind to learn the port, with the node actor itself.
-    start_node(opts, "");
-    probe = node_actor("listen");
-    auto res = cfg_.tls.enabled()
-                 ? caf::openssl::publish(probe, opts.port, opts.host.c_str(),
-                                         true)
-                 : sys_->middleman().publish(probe, opts.port,
-                                             opts.host.c_str(), true);
-    if (!res) {
-      caf::anon_send_exit(probe, caf::exit_reason::user_shutdown);
-      std::lock_guard<std::mutex> guard{mtx_};
-      node_ = nullptr;
-      throw std::runtime_error("cannot listen on " + where + ": "
-                               + error_text(res.error()));
-    }
-    bound = *res;
+  // The port is known only once bound (port 0 picks one), so the node actor
+  // starts without its address and refuses greetings until it learns it.
+  start_node(opts, "", false);
+  auto node = node_actor("listen");
+  auto res = cfg_.tls.enabled()
+               ? caf::openssl::publish(node, opts.port, opts.host.c_str(), true)
+               : sys_->middleman().publish(node, opts.port, opts.host.c_str(),
+                                           true);
+  if (!res) {
+    caf::anon_send_exit(node, caf::exit_reason::user_shutdown);
+    std::lock_guard<std::mutex> guard{mtx_};
+    node_ = nullptr;
+    throw std::runtime_error("cannot listen on " + where + ": "
+                             + error_text(res.error()));
   }
+  auto bound = *res;
   auto advertise = opts.advertise;
   if (advertise.empty()) {
     auto host = opts.host == "0.0.0.0" || opts.host.empty() ? "127.0.0.1"
@@ -137,8 +141,8 @@ uint16_t runtime::listen(node_options opts) {
       host = "[" + host + "]";
     advertise = host + ":" + std::to_string(bound);
   }
-  // The address goes into the node's entry with its first listing.
-  caf::anon_send(probe, cl_address_atom::value, advertise);
+  // The address goes out with the node's first listing (announce).
+  caf::anon_send(node, cl_address_atom::value, advertise);
   spdlog::info("node {}: listening on {}:{} (peers dial {}){}", opts.name,
                opts.host, bound, advertise,
                cfg_.tls.enabled() ? " with TLS" : "");
@@ -162,12 +166,13 @@ std::string runtime::connect(const std::string& host, uint16_t port,
     opts.name = client_name.empty()
                   ? "client-" + std::to_string(::getpid())
                   : client_name;
-    start_node(std::move(opts), "");
+    start_node(std::move(opts), "", true);
   }
   auto node = node_actor("connect");
   auto where = host + ":" + std::to_string(port);
-  return ask<std::string>(*sys_, node, "cannot join the cluster at " + where,
-                          cl_join_atom::value, host, port);
+  return ask_within<std::string>(*sys_, join_timeout, node,
+                                 "cannot join the cluster at " + where,
+                                 cl_join_atom::value, host, port);
 }
 
 std::vector<node_info> runtime::members() {

@@ -1142,9 +1142,10 @@ swarm_instance instantiate(runtime& rt, const swarm_definition& def,
       if (decl != def.tools.end() && decl->second.kind == "remote") {
         if (!in_cluster)
           throw swarm_error(def.origin + ": /tools/" + name
-                            + ": a remote tool is hosted by cluster nodes: "
-                              "run the swarm on a cluster (troupe run "
-                              "--cluster HOST:PORT)");
+                            + ": a remote tool is hosted by cluster nodes, so "
+                              "only a swarm run on a cluster (troupe run "
+                              "--cluster HOST:PORT) can use it; a node's own "
+                              "agents cannot yet");
         continue;
       }
       rt.tools().add(decl != def.tools.end()
@@ -1152,6 +1153,10 @@ swarm_instance instantiate(runtime& rt, const swarm_definition& def,
                        : tool_of(tool_declaration{name, "builtin", json::object(),
                                                   {}, {}, {}}));
     }
+    // Tools this process registered are listed in the directory, so agents
+    // placed on other nodes can call them here.
+    if (in_cluster)
+      rt.announce();
     swarm_instance out;
     for (auto& spec : def.agents) {
       auto placed = def.placement.find(spec.name);
