@@ -45,9 +45,12 @@ struct tool_listing {
   std::vector<std::string> idempotency_fields;
   /// Calls of a read-only tool are not recorded in its node's ledger.
   bool read_only = false;
+  /// What the tool can do ("math", "search"...), for look-ups.
+  std::vector<std::string> capabilities;
 };
 TROUPE_WIRE_MESSAGE(tool_listing, spec, version, actor, call_timeout_ms,
-               idempotency_scope, idempotency_fields, read_only)
+                    idempotency_scope, idempotency_fields, read_only,
+                    capabilities)
 
 /// An agent (or a team) a node hosts.
 struct agent_listing {

@@ -526,6 +526,17 @@ std::vector<located_agent> find_agents(const std::vector<node_info>& directory,
   return out;
 }
 
+std::vector<located_tool> find_tools(const std::vector<node_info>& directory,
+                                     const std::string& capability) {
+  std::vector<located_tool> out;
+  for (const auto& node : directory)
+    for (const auto& t : node.tools)
+      if (std::find(t.capabilities.begin(), t.capabilities.end(), capability)
+          != t.capabilities.end())
+        out.push_back({node.name, t});
+  return out;
+}
+
 std::optional<located_tool> find_tool(const std::vector<node_info>& directory,
                                       const std::string& name,
                                       const std::string& version) {

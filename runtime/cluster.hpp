@@ -135,6 +135,10 @@ std::vector<located_agent> find_agents(const std::vector<node_info>& directory,
                                        const std::string& name,
                                        const std::string& capability = "");
 
+/// Every tool with `capability`, on every node, local node first.
+std::vector<located_tool> find_tools(const std::vector<node_info>& directory,
+                                     const std::string& capability);
+
 /// The tool of that name (and version, when given): on the first node of the
 /// directory that lists it. Empty when none does.
 std::optional<located_tool> find_tool(const std::vector<node_info>& directory,

@@ -202,6 +202,7 @@ std::vector<tool_listing> runtime::tool_listings() {
     t.idempotency_scope = to_string(d.idempotency.scope);
     t.idempotency_fields = d.idempotency.fields;
     t.read_only = d.read_only;
+    t.capabilities = d.capabilities;
     out.push_back(std::move(t));
   }
   return out;

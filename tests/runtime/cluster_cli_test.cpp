@@ -103,15 +103,14 @@ std::string example(const std::string& file) {
 // -- a cluster of `troupe node` processes -------------------------------------
 
 /// One `troupe node` process in its own working directory, its stdout and
-/// stderr in files there.
+/// stderr in files there (stdout.txt, stderr.txt).
 struct node_process {
   std::string name;
   fs::path cwd;
-  std::string err_path;
   std::unique_ptr<child_process> proc;
 
   std::string err() const {
-    return slurp(err_path);
+    return proc->err();
   }
 
   std::string file(const std::string& name) const {
@@ -129,47 +128,46 @@ public:
 
   /// Starts the seed node on an ephemeral port and waits (bounded) for the
   /// port it bound, which it prints on stderr.
-  void start_coordinator(const std::string& swarm) {
-    auto& n = start("coordinator", swarm, {});
-    std::smatch m;
-    std::string err;
+  void start_coordinator(const std::string& swarm,
+                         std::vector<std::string> extra = {}) {
+    auto& n = start("coordinator", swarm, std::move(extra));
     static const std::regex bound{
       R"(troupe node coordinator: listening on 127\.0\.0\.1:(\d+))"};
-    bool found = wait_until(
-      [&] {
-        err = n.err();
-        return std::regex_search(err, m, bound);
-      },
-      10s);
+    auto found = n.proc->wait_for_err(bound, 10s);
     INFO("stderr of the coordinator:\n" << n.err());
-    REQUIRE(found);
-    port_ = m[1].str();
+    REQUIRE(!found.empty());
+    port_ = found[1];
   }
 
   /// Starts a worker node joining the coordinator.
-  void start_worker(const std::string& name, const std::string& swarm) {
+  void start_worker(const std::string& name, const std::string& swarm,
+                    std::vector<std::string> extra = {}) {
     REQUIRE_FALSE(port_.empty());
-    start(name, swarm, {"--join", seed()});
+    extra.insert(extra.begin(), {"--join", seed()});
+    start(name, swarm, std::move(extra));
   }
 
-  /// Waits (20 s at most) until every worker says it joined the cluster and
-  /// the coordinator has seen each of them join.
+  /// Waits (20 s at most in all) until every worker says it joined the
+  /// cluster and the coordinator has seen each of them join.
   void wait_joined() {
     auto deadline = std::chrono::steady_clock::now() + 20s;
+    auto left = [&] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    };
+    // Whether `who` prints a stderr line containing `text` in time (node
+    // names are plain letters, digits and '-': nothing to escape).
+    auto says = [&](node_process& who, const std::string& text) {
+      return !who.proc->wait_for_err(std::regex{text}, left()).empty();
+    };
+    auto& coordinator = node("coordinator");
     for (auto& n : nodes_) {
       if (n->name == "coordinator")
         continue;
-      auto joined = wait_until(
-        [&] {
-          return n->err().find("troupe node " + n->name
-                               + ": joined the cluster through coordinator")
-                   != std::string::npos
-                 && node("coordinator").err().find("troupe node coordinator: "
-                                                   + n->name + " joined")
-                      != std::string::npos;
-        },
-        std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now()));
+      auto joined =
+        says(*n, "troupe node " + n->name
+                   + ": joined the cluster through coordinator")
+        && says(coordinator, "troupe node coordinator: " + n->name + " joined");
       INFO(dump());
       REQUIRE(joined);
     }
@@ -203,13 +201,12 @@ private:
     n->name = name;
     n->cwd = dir_.path() / name;
     fs::create_directories(n->cwd);
-    n->err_path = n->file("stderr.txt");
     std::vector<std::string> args{cli_path(), "node",     "--name", name,
                                   "--listen", "127.0.0.1:0", "--swarm", swarm};
     args.insert(args.end(), extra.begin(), extra.end());
     n->proc = std::make_unique<child_process>(args, n->cwd.string(),
                                               n->file("stdout.txt"),
-                                              n->err_path);
+                                              n->file("stderr.txt"));
     REQUIRE(n->proc->started());
     nodes_.push_back(std::move(n));
     return *nodes_.back();
@@ -224,32 +221,28 @@ private:
 /// and stderr in files.
 struct cluster_run {
   fs::path cwd;
-  std::string out_path;
-  std::string err_path;
   std::string trace_path;
   std::unique_ptr<child_process> proc;
 
   cluster_run(const temp_dir& dir, const std::string& seed,
               const std::string& swarm, const std::string& goal)
-    : cwd(dir.path() / "run"),
-      out_path((cwd / "answer.txt").string()),
-      err_path((cwd / "stderr.txt").string()),
-      trace_path((cwd / "trace.jsonl").string()) {
+    : cwd(dir.path() / "run"), trace_path((cwd / "trace.jsonl").string()) {
     fs::create_directories(cwd);
     proc = std::make_unique<child_process>(
       std::vector<std::string>{cli_path(), "run", "--cluster", seed, swarm,
                                "--goal", goal, "--trace", trace_path,
                                "--timeout", "40"},
-      cwd.string(), out_path, err_path);
+      cwd.string(), (cwd / "answer.txt").string(),
+      (cwd / "stderr.txt").string());
     REQUIRE(proc->started());
   }
 
   std::string answer() const {
-    return slurp(out_path);
+    return proc->out();
   }
 
   std::string err() const {
-    return slurp(err_path);
+    return proc->err();
   }
 };
 
@@ -600,4 +593,42 @@ TEST_CASE("killing a worker mid-run still completes the run with no "
   CHECK(coordinator.err().find("troupe node coordinator: worker-1 failed")
         != std::string::npos);
   CHECK(worker2.err().find("worker-1 failed") != std::string::npos);
+}
+
+TEST_CASE("a node that falls silent fails by heartbeat and is greeted again "
+          "when it speaks",
+          "[cluster]") {
+  temp_dir dir;
+  node_cluster cluster{dir};
+  // A stopped process keeps its connections open: only the heartbeat can
+  // tell it is gone.
+  std::vector<std::string> quick{"--heartbeat-ms", "100",
+                                 "--heartbeat-timeout-ms", "800"};
+  cluster.start_coordinator(example("coordinator.swarm.json"), quick);
+  cluster.start_worker("worker-1", example("worker.swarm.json"), quick);
+  cluster.wait_joined();
+  auto& coordinator = cluster.node("coordinator");
+  auto& worker = cluster.node("worker-1");
+  worker.proc->send_signal(SIGSTOP);
+  auto failed = coordinator.proc->wait_for_err(
+    std::regex{"troupe node coordinator: worker-1 failed: (.*)"}, 15s);
+  INFO(cluster.dump());
+  REQUIRE(!failed.empty());
+  CHECK(failed[1] == "no heartbeat for 800 ms");
+  worker.proc->send_signal(SIGCONT);
+  // Its heartbeats resume; the coordinator greets it again.
+  auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos;
+         at = text.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  CHECK(wait_until(
+    [&] {
+      return count(coordinator.err(), "coordinator: worker-1 joined") == 2;
+    },
+    15s));
+  CHECK(coordinator.proc->running());
+  CHECK(worker.proc->running());
 }

@@ -46,6 +46,7 @@ tool_definition echo_tool(std::shared_ptr<std::atomic<int>> runs) {
   def.parameters = json{{"type", "object"},
                         {"properties", {{"text", {{"type", "string"}}}}},
                         {"required", {"text"}}};
+  def.capabilities = {"text"};
   def.fn = [runs](const json& args, const tool_context&) {
     ++*runs;
     return json{{"echo", args.at("text")}};
@@ -127,6 +128,12 @@ TEST_CASE("nodes that join through a seed all know each other",
   CHECK(alpha->address == "127.0.0.1:" + std::to_string(c.alpha_port));
   REQUIRE(alpha->tools.size() == 1);
   CHECK(alpha->tools[0].spec.name == "echo");
+  // Look-ups by capability span the cluster.
+  auto by_capability = find_tools(dir, "text");
+  REQUIRE(by_capability.size() == 1);
+  CHECK(by_capability[0].node == "alpha");
+  CHECK(by_capability[0].tool.actor == alpha->tools[0].actor);
+  CHECK(find_tools(dir, "nothing").empty());
   CHECK(c.gamma.node_name() == "gamma");
 }
 
@@ -313,4 +320,32 @@ TEST_CASE("a replicated agent spreads runs over its nodes", "[cluster]") {
     who.insert(r.agent);
   }
   CHECK(who == std::set<std::string>{"worker@alpha", "worker@beta"});
+}
+
+TEST_CASE("agents a node hosts are found by name or capability anywhere",
+          "[cluster]") {
+  three_runtimes c;
+  auto log = std::make_shared<model_log>();
+  c.beta.add_model("desk", spawn_recording_model(
+                             c.beta.system(), log, [](const chat_request&) {
+                               return answer("triaged");
+                             }));
+  agent_spec spec;
+  spec.name = "triage";
+  spec.model = "desk";
+  event_log seen;
+  c.gamma.on_cluster_event(seen.sink());
+  c.beta.host("triage", c.beta.spawn_agent(spec), {"support", "en"});
+  // The update reaches gamma as a directory change.
+  REQUIRE(seen.wait_for(cluster_event_kind::updated, "beta"));
+  auto found = c.gamma.find_agents("", "support");
+  REQUIRE(found.size() == 1);
+  CHECK(found[0].node == "beta");
+  CHECK(found[0].agent.name == "triage");
+  CHECK(c.gamma.find_agents("triage").size() == 1);
+  CHECK(c.gamma.find_agents("", "fr").empty());
+  // Found in the directory, it runs like a local agent.
+  auto r = c.gamma.run(found[0].agent.actor, "my printer is on fire");
+  CHECK(r.status == run_status::complete);
+  CHECK(r.answer == "triaged");
 }

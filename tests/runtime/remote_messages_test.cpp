@@ -263,7 +263,7 @@ supervisor_stats sample_supervisor_stats() {
 
 tool_listing sample_tool_listing(const caf::actor& who) {
   return {sample_tool_spec("echo"), "1.2.0", caf::actor_cast<tool_actor>(who),
-          4500, "run", {"order_id", "amount"}, true};
+          4500, "run", {"order_id", "amount"}, true, {"math", "ünïcode"}};
 }
 
 agent_listing sample_agent_listing(const caf::actor& who) {

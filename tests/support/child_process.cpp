@@ -8,34 +8,64 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <thread>
 
+extern char** environ;
+
 namespace troupe::test {
+
+namespace {
+
+std::string slurp(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
+  std::stringstream buf;
+  buf << in.rdbuf();
+  return buf.str();
+}
+
+/// The test process's environment without its TROUPE_* variables.
+std::vector<std::string> child_environment() {
+  std::vector<std::string> out;
+  for (char** e = environ; *e != nullptr; ++e)
+    if (std::strncmp(*e, "TROUPE_", 7) != 0)
+      out.emplace_back(*e);
+  return out;
+}
+
+} // namespace
 
 child_process::child_process(const std::vector<std::string>& args,
                              const std::string& cwd,
-                             const std::string& stdout_path) {
-  start(args, cwd, stdout_path, nullptr);
+                             const std::string& stdout_path)
+  : out_path_(stdout_path) {
+  start(args, cwd, nullptr);
 }
 
 child_process::child_process(const std::vector<std::string>& args,
                              const std::string& cwd,
                              const std::string& stdout_path,
                              const std::string& stderr_path)
-  : err_path_(stderr_path) {
-  start(args, cwd, stdout_path, &stderr_path);
+  : out_path_(stdout_path), err_path_(stderr_path) {
+  start(args, cwd, &stderr_path);
 }
 
 void child_process::start(const std::vector<std::string>& args,
                           const std::string& cwd,
-                          const std::string& stdout_path,
                           const std::string* stderr_path) {
+  // argv and the environment are built before fork: the child may only make
+  // async-signal-safe calls.
   std::vector<char*> argv;
   for (const auto& a : args)
     argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  auto env_store = child_environment();
+  std::vector<char*> env;
+  for (auto& e : env_store)
+    env.push_back(e.data());
+  env.push_back(nullptr);
   int fds[2] = {-1, -1};
   int err = -1;
   if (stderr_path == nullptr) {
@@ -46,7 +76,7 @@ void child_process::start(const std::vector<std::string>& args,
     err = ::open(stderr_path->c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
                  0644);
   }
-  int out = ::open(stdout_path.c_str(),
+  int out = ::open(out_path_.c_str(),
                    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (err < 0 || out < 0 || in < 0) {
@@ -66,7 +96,7 @@ void child_process::start(const std::vector<std::string>& args,
     if (::chdir(cwd.c_str()) != 0 || ::dup2(in, 0) < 0 || ::dup2(out, 1) < 0
         || ::dup2(err, 2) < 0)
       ::_exit(127);
-    ::execv(argv[0], argv.data());
+    ::execve(argv[0], argv.data(), env.data());
     ::_exit(127);
   }
   ::close(err);
@@ -134,51 +164,79 @@ child_process::wait_for_line(const std::regex& re,
   }
 }
 
+std::vector<std::string>
+child_process::wait_for_err(const std::regex& re,
+                            std::chrono::milliseconds limit) {
+  if (err_path_.empty() || !started())
+    return {};
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    // Whether it ran before the file is read: a child that has exited has
+    // written all it will, so its last line counts even without a newline.
+    bool alive = running();
+    auto text = err();
+    size_t at = 0;
+    while (at < text.size()) {
+      auto nl = text.find('\n', at);
+      if (nl == std::string::npos && alive)
+        break; // a line still being written
+      auto end = nl == std::string::npos ? text.size() : nl;
+      auto line = text.substr(at, end - at);
+      std::smatch m;
+      if (std::regex_search(line, m, re))
+        return {m.begin(), m.end()};
+      at = end + 1;
+    }
+    if (!alive || std::chrono::steady_clock::now() >= deadline)
+      return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds{20});
+  }
+}
+
 int child_process::wait_exit(std::chrono::milliseconds limit) {
   if (!started())
     return -1;
   auto deadline = std::chrono::steady_clock::now() + limit;
-  bool ended = false;
+  // Pipe mode: stderr to its end first (it closes when the child exits).
+  bool drained = true;
   if (err_fd_ >= 0) {
-    if (reaped_)
-      return -1;
     while (!eof_)
       if (!read_some(deadline))
         break;
-    if (!eof_)
-      ::kill(pid_, SIGKILL);
-    // stderr closed: the child has exited (or was just killed).
-    ::waitpid(pid_, &status_, 0);
-    reaped_ = true;
-    ended = eof_;
-  } else {
-    // No pipe to wait on: poll for the exit, bounded by the deadline.
+    drained = eof_;
+  }
+  // Poll for the exit, bounded by the deadline.
+  if (drained)
     while (running() && std::chrono::steady_clock::now() < deadline)
       std::this_thread::sleep_for(std::chrono::milliseconds{20});
-    if (!reaped_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &status_, 0);
-      reaped_ = true;
-    } else {
-      ended = true;
-    }
+  if (!reaped_) {
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, &status_, 0);
+    reaped_ = true;
+    return -1;
   }
-  if (!ended)
+  if (!drained)
     return -1;
   return WIFEXITED(status_) ? WEXITSTATUS(status_) : -1;
 }
 
+int child_process::stop(std::chrono::milliseconds limit) {
+  if (pid_ > 0 && !reaped_)
+    ::kill(pid_, SIGTERM);
+  return wait_exit(limit);
+}
+
 std::string child_process::err() const {
-  if (!err_path_.empty()) {
-    std::ifstream in{err_path_};
-    std::stringstream buf;
-    buf << in.rdbuf();
-    return buf.str();
-  }
+  if (!err_path_.empty())
+    return slurp(err_path_);
   std::string out;
   for (const auto& l : lines_)
     out += l + "\n";
   return out + pending_;
+}
+
+std::string child_process::out() const {
+  return slurp(out_path_);
 }
 
 bool child_process::read_some(std::chrono::steady_clock::time_point deadline) {
