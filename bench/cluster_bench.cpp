@@ -1,4 +1,5 @@
 #include "bench/cluster_bench.hpp"
+#include "bench/driver.hpp"
 
 #include <algorithm>
 #include <atomic>
@@ -55,26 +56,8 @@ constexpr int latency_rounds = 4;
 constexpr int64_t latency_warmup = 100;
 constexpr int throughput_rounds = 3;
 
-/// Prints a JSON line to stdout.
-void print_line(const json& line) {
-  std::printf("%s\n", line.dump().c_str());
-  std::fflush(stdout);
-}
-
-double round2(double x) {
-  return std::round(x * 100.0) / 100.0;
-}
-
 double ratio(double a, double b) {
   return b > 0 ? std::round(a / b * 1000.0) / 1000.0 : 0.0;
-}
-
-/// CPU time of every thread of this process, in microseconds.
-double process_cpu_us() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) * 1e6
-         + static_cast<double>(ts.tv_nsec) / 1e3;
 }
 
 /// CPU time (user + system) of another process, in microseconds; -1 when it
@@ -101,25 +84,6 @@ double other_process_cpu_us(pid_t pid) {
   }
   auto ticks = static_cast<double>(sysconf(_SC_CLK_TCK));
   return static_cast<double>(utime + stime) * 1e6 / ticks;
-}
-
-double quantile(const std::vector<double>& xs, double q) {
-  if (xs.empty())
-    return 0;
-  auto i = static_cast<size_t>(q * static_cast<double>(xs.size()));
-  return xs[std::min(xs.size() - 1, i)];
-}
-
-/// p50, p99 and mean of `us` (sorted in place), with `prefix` on the names.
-json latency_figures(std::vector<double>& us, const std::string& prefix = "") {
-  std::sort(us.begin(), us.end());
-  double sum = 0;
-  for (auto x : us)
-    sum += x;
-  return json{{prefix + "p50_us", round2(quantile(us, 0.5))},
-              {prefix + "p99_us", round2(quantile(us, 0.99))},
-              {prefix + "mean_us",
-               round2(sum / static_cast<double>(std::max<size_t>(us.size(), 1)))}};
 }
 
 /// The runtime settings of both processes: the scheduler from the
@@ -150,105 +114,29 @@ tool_definition echo_tool() {
   return def;
 }
 
-// -- the driver --------------------------------------------------------------
+/// Calls of the echo tool.
+using echo_drive_plan = drive_plan<tool_actor, tool_call, tool_result>;
 
-/// What a driver does: `total` calls, `in_flight` at once.
-struct drive_plan {
-  tool_actor target;
-  tool_call call;
-  int64_t total = 0;
-  int64_t in_flight = 1;
-  /// Completions before the clock starts (and before latencies are kept).
-  int64_t warmup = 0;
-};
-
-/// What a driver measured.
-struct drive_result {
-  /// From the warmup-th completion to the last.
-  double secs = 0;
-  /// Round trips after the warm-up, in microseconds.
-  std::vector<double> us;
-  int64_t failed = 0;
-  std::string first_error;
-};
-
-struct driver_state {
-  static inline const char* name = "cluster_bench_driver";
-  drive_plan plan;
-  int64_t issued = 0;
-  int64_t answered = 0;
-  steady_clock::time_point clock_start;
-  drive_result result;
-  std::shared_ptr<std::promise<drive_result>> done;
-};
-
-using driver_actor = caf::stateful_actor<driver_state>;
-
-void issue(driver_actor* self);
-
-void settle(driver_actor* self, steady_clock::time_point started,
-            const std::string& error) {
-  auto& st = self->state;
-  auto now = steady_clock::now();
-  ++st.answered;
-  if (!error.empty()) {
-    if (st.result.failed++ == 0)
-      st.result.first_error = error;
-  } else if (st.answered > st.plan.warmup) {
-    st.result.us.push_back(duration<double, std::micro>(now - started).count());
-  }
-  if (st.answered == st.plan.warmup)
-    st.clock_start = now;
-  if (st.issued < st.plan.total) {
-    issue(self);
-  } else if (st.answered == st.plan.total) {
-    st.result.secs = duration<double>(now - st.clock_start).count();
-    st.done->set_value(std::move(st.result));
-    self->quit();
-  }
-}
-
-void issue(driver_actor* self) {
-  auto& st = self->state;
-  auto call = st.plan.call;
-  call.step = static_cast<int32_t>(st.issued);
-  call.call_id = "c" + std::to_string(st.issued);
-  ++st.issued;
-  auto started = steady_clock::now();
-  self->request(st.plan.target, call_timeout, std::move(call))
-    .then(
-      [self, started](tool_result& r) {
-        std::string error;
-        if (!r.ok)
-          error = "tool failed: " + r.error.message;
-        else if (!(r.content == self->state.plan.call.args))
-          error = "unexpected content: " + r.content.value.dump();
-        settle(self, started, error);
-      },
-      [self, started](caf::error& err) {
-        settle(self, started, error_text(err));
-      });
-}
-
-void driver(driver_actor* self, drive_plan plan,
-            std::shared_ptr<std::promise<drive_result>> done) {
-  auto& st = self->state;
-  st.plan = std::move(plan);
-  st.done = std::move(done);
-  st.clock_start = steady_clock::now();
-  auto first = std::min(st.plan.in_flight, st.plan.total);
-  for (int64_t i = 0; i < first; ++i)
-    issue(self);
-}
-
-/// Runs `plan` on `sys` and waits for it.
-drive_result drive(caf::actor_system& sys, drive_plan plan) {
-  auto done = std::make_shared<std::promise<drive_result>>();
-  auto result = done->get_future();
-  auto d = sys.spawn(driver, std::move(plan), done);
-  auto out = result.get();
-  caf::scoped_actor{sys}->wait_for(d);
-  return out;
+/// A plan sending `call` to `target`, numbered (step n, call_id "c<n>"), each
+/// reply checked to echo the call's arguments.
+echo_drive_plan echo_plan(const tool_actor& target, const tool_call& call) {
+  echo_drive_plan plan;
+  plan.name = "cluster_bench_driver";
+  plan.target = target;
+  plan.request = call;
+  plan.timeout = caf::duration{call_timeout};
+  plan.prepare = [](tool_call& next, int64_t n) {
+    next.step = static_cast<int32_t>(n);
+    next.call_id = "c" + std::to_string(n);
+  };
+  plan.check = [args = call.args](const tool_result& r) -> std::string {
+    if (!r.ok)
+      return "tool failed: " + r.error.message;
+    if (!(r.content == args))
+      return "unexpected content: " + r.content.value.dump();
+    return {};
+  };
+  return plan;
 }
 
 // -- the host process --------------------------------------------------------
@@ -482,7 +370,7 @@ bool run_cluster_bench(const cluster_bench_options& opts) {
       paths[0].target = local;
       paths[1].name = "remote";
       paths[1].target = remote;
-      auto measure = [&](path& p, drive_plan plan) {
+      auto measure = [&](path& p, echo_drive_plan plan) {
         auto cpu = process_cpu_us();
         auto host_cpu = other_process_cpu_us(host.pid());
         auto r = drive(rt.system(), std::move(plan));
@@ -498,9 +386,7 @@ bool run_cluster_bench(const cluster_bench_options& opts) {
       for (int round = 0; round < latency_rounds; ++round)
         for (size_t k = 0; k < paths.size(); ++k) {
           auto& p = paths[(k + static_cast<size_t>(round)) % paths.size()];
-          drive_plan plan;
-          plan.target = p.target;
-          plan.call = proto;
+          auto plan = echo_plan(p.target, proto);
           plan.warmup = latency_warmup;
           plan.total = per_round + latency_warmup;
           plan.in_flight = 1;
@@ -543,9 +429,7 @@ bool run_cluster_bench(const cluster_bench_options& opts) {
       for (int round = 0; round < throughput_rounds; ++round)
         for (size_t k = 0; k < paths.size(); ++k) {
           auto& p = paths[(k + static_cast<size_t>(round)) % paths.size()];
-          drive_plan plan;
-          plan.target = p.target;
-          plan.call = proto;
+          auto plan = echo_plan(p.target, proto);
           plan.warmup = 2 * opts.in_flight;
           plan.total = opts.throughput_calls + plan.warmup;
           plan.in_flight = opts.in_flight;

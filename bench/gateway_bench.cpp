@@ -1,4 +1,5 @@
 #include "bench/gateway_bench.hpp"
+#include "bench/driver.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -55,46 +56,6 @@ constexpr int latency_rounds = 4;
 constexpr int64_t latency_warmup = 50;
 constexpr int64_t stream_warmup = 5;
 
-/// Prints a JSON line to stdout.
-void print_line(const json& line) {
-  std::printf("%s\n", line.dump().c_str());
-  std::fflush(stdout);
-}
-
-/// `x` rounded to two decimals.
-double round2(double x) {
-  return std::round(x * 100.0) / 100.0;
-}
-
-/// CPU time of every thread of the process, server included, in microseconds.
-double process_cpu_us() {
-  timespec ts{};
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) * 1e6
-         + static_cast<double>(ts.tv_nsec) / 1e3;
-}
-
-/// The value at quantile `q` of sorted `xs` (0 when empty).
-double quantile(const std::vector<double>& xs, double q) {
-  if (xs.empty())
-    return 0;
-  auto i = static_cast<size_t>(q * static_cast<double>(xs.size()));
-  return xs[std::min(xs.size() - 1, i)];
-}
-
-/// p50, p99 and mean of `us` (sorted in place), for a JSON line.
-json latency_figures(std::vector<double>& us) {
-  std::sort(us.begin(), us.end());
-  double sum = 0;
-  for (auto x : us)
-    sum += x;
-  return json{{"calls", us.size()},
-              {"p50_us", round2(quantile(us, 0.5))},
-              {"p99_us", round2(quantile(us, 0.99))},
-              {"mean_us",
-               round2(sum / static_cast<double>(std::max<size_t>(us.size(), 1)))}};
-}
-
 /// A loopback model server answering every request with reply_text.
 std::unique_ptr<model_test_server> start_server() {
   auto server = std::make_unique<model_test_server>();
@@ -148,104 +109,23 @@ chat_request bench_request(const std::string& model) {
 
 // -- the gateway's callers ---------------------------------------------------
 
-/// What a driver does: `total` requests, `in_flight` at once.
-struct drive_plan {
-  model_actor model;
-  chat_request request;
-  int64_t total = 0;
-  int64_t in_flight = 1;
-  /// Completions before the clock starts (and before latencies are kept).
-  int64_t warmup = 0;
-};
+/// Chat requests through the gateway.
+using chat_drive_plan = drive_plan<model_actor, chat_request, chat_response>;
 
-/// What a driver measured.
-struct drive_result {
-  /// From the warmup-th completion to the last.
-  double secs = 0;
-  /// Round trips after the warm-up, in microseconds.
-  std::vector<double> us;
-  int64_t failed = 0;
-  std::string first_error;
-};
-
-/// A driver's state: requests started and answered.
-struct driver_state {
-  static inline const char* name = "gateway_bench_driver";
-  drive_plan plan;
-  int64_t issued = 0;
-  int64_t answered = 0;
-  steady_clock::time_point clock_start;
-  drive_result result;
-  std::shared_ptr<std::promise<drive_result>> done;
-};
-
-using driver_actor = caf::stateful_actor<driver_state>;
-
-void issue(driver_actor* self);
-
-/// Counts one answer (`error` empty: a good one) and keeps the pipe full.
-void settle(driver_actor* self, steady_clock::time_point started,
-            const std::string& error) {
-  auto& st = self->state;
-  auto now = steady_clock::now();
-  ++st.answered;
-  if (!error.empty()) {
-    if (st.result.failed++ == 0)
-      st.result.first_error = error;
-  } else if (st.answered > st.plan.warmup) {
-    st.result.us.push_back(duration<double, std::micro>(now - started).count());
-  }
-  if (st.answered == st.plan.warmup)
-    st.clock_start = now;
-  if (st.issued < st.plan.total) {
-    issue(self);
-  } else if (st.answered == st.plan.total) {
-    st.result.secs = duration<double>(now - st.clock_start).count();
-    st.done->set_value(std::move(st.result));
-    self->quit();
-  }
-}
-
-/// Sends the next request.
-void issue(driver_actor* self) {
-  auto& st = self->state;
-  ++st.issued;
-  auto started = steady_clock::now();
-  self->request(st.plan.model, request_timeout, st.plan.request)
-    .then(
-      [self, started](chat_response& r) {
-        settle(self, started,
-               r.message.content == reply_text
-                 ? std::string{}
-                 : "unexpected reply: " + r.message.content);
-      },
-      [self, started](caf::error& err) {
-        settle(self, started, error_text(err));
-      });
-}
-
-/// Starts the plan's first `in_flight` requests; every answer starts the
-/// next one until `total` have been sent.
-void driver(driver_actor* self, drive_plan plan,
-            std::shared_ptr<std::promise<drive_result>> done) {
-  auto& st = self->state;
-  st.plan = std::move(plan);
-  st.done = std::move(done);
-  st.clock_start = steady_clock::now();
-  auto first = std::min(st.plan.in_flight, st.plan.total);
-  for (int64_t i = 0; i < first; ++i)
-    issue(self);
-}
-
-/// Runs `plan` on `sys` and waits for it.
-drive_result drive(caf::actor_system& sys, drive_plan plan) {
-  auto done = std::make_shared<std::promise<drive_result>>();
-  auto result = done->get_future();
-  auto d = sys.spawn(driver, std::move(plan), done);
-  auto out = result.get();
-  // The driver may still be on its way out of the last answer.
-  caf::scoped_actor{sys}->wait_for(d);
-  return out;
+/// A plan sending bench_request(`model`) to `target`, each reply checked to
+/// say reply_text.
+chat_drive_plan chat_plan(const model_actor& target, const std::string& model) {
+  chat_drive_plan plan;
+  plan.name = "gateway_bench_driver";
+  plan.target = target;
+  plan.request = bench_request(model);
+  plan.timeout = caf::duration{request_timeout};
+  plan.check = [](const chat_response& r) {
+    return r.message.content == reply_text
+             ? std::string{}
+             : "unexpected reply: " + r.message.content;
+  };
+  return plan;
 }
 
 // -- the bare Beast client ---------------------------------------------------
@@ -451,9 +331,7 @@ rps_figures gateway_rps(const gateway_bench_options& opts, size_t max_idle,
   auto server = start_server();
   runtime rt{gateway_config(*server, max_idle)};
   auto cpu = process_cpu_us();
-  drive_plan plan;
-  plan.model = rt.model(plain_model);
-  plan.request = bench_request(plain_model);
+  auto plan = chat_plan(rt.model(plain_model), plain_model);
   plan.warmup = 2 * opts.in_flight;
   plan.total = opts.requests + plan.warmup;
   plan.in_flight = opts.in_flight;
@@ -525,9 +403,7 @@ bool latencies(const gateway_bench_options& opts) {
       int64_t failed = 0;
       std::string first_error;
       if (p.gateway) {
-        drive_plan plan;
-        plan.model = rt.model(model);
-        plan.request = bench_request(model);
+        auto plan = chat_plan(rt.model(model), model);
         plan.warmup = warmup;
         plan.total = per_round + warmup;
         auto r = drive(rt.system(), plan);
@@ -551,7 +427,10 @@ bool latencies(const gateway_bench_options& opts) {
   bool ok = true;
   json bare;
   for (auto& p : paths) {
-    json line{{"workload", "gateway"}, {"part", "latency"}, {"path", p.name}};
+    json line{{"workload", "gateway"},
+              {"part", "latency"},
+              {"path", p.name},
+              {"calls", p.us.size()}};
     line.update(latency_figures(p.us));
     line["rounds"] = latency_rounds;
     line["warmup_per_round"] = p.stream ? stream_warmup : latency_warmup;

@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -28,6 +27,7 @@
 #include "messages/json_value.hpp"
 #include "support/child_process.hpp"
 #include "support/paths.hpp"
+#include "support/process.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace troupe;
@@ -39,19 +39,12 @@ namespace {
 
 // -- files --------------------------------------------------------------------
 
-std::string slurp(const std::string& path) {
-  std::ifstream in{path};
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
 /// The complete records of a JSONL file that may still be being written (a
 /// last line without its newline is left out; none when the file does not
 /// exist).
 std::vector<json> jsonl(const std::string& path) {
   std::vector<json> out;
-  auto text = slurp(path);
+  auto text = read_file(path);
   size_t at = 0;
   for (auto nl = text.find('\n', at); nl != std::string::npos;
        at = nl + 1, nl = text.find('\n', at)) {
@@ -353,7 +346,7 @@ std::string failover_script() {
 /// The example's run file with the test's script, and the researcher's tools
 /// in the order it calls them.
 std::string failover_run_swarm() {
-  auto swarm = json::parse(slurp(example("cluster.swarm.json")));
+  auto swarm = json::parse(read_file(example("cluster.swarm.json")));
   swarm["name"] = "cluster-failover";
   swarm["model"] = "scripted:failover.script.json";
   for (auto& agent : swarm.at("agents"))
@@ -384,7 +377,7 @@ TEST_CASE("three node processes on loopback run a team to completion",
   REQUIRE(code == 0);
 
   // Every subtask's finding, from the notes the workers looked up.
-  auto notes = json::parse(slurp(example("notes.json")));
+  auto notes = json::parse(read_file(example("notes.json")));
   std::set<std::string> summaries;
   for (const char* topic : {"cost", "savings", "emissions"}) {
     auto summary = notes.at(topic).at("summary").get<std::string>();
@@ -430,7 +423,7 @@ TEST_CASE("three node processes on loopback run a team to completion",
   // The side effect happened once per subtask, on the coordinator.
   auto findings_path =
     cluster.node("coordinator").file("cluster-findings.jsonl");
-  INFO("cluster-findings.jsonl:\n" << slurp(findings_path));
+  INFO("cluster-findings.jsonl:\n" << read_file(findings_path));
   auto findings = jsonl(findings_path);
   REQUIRE(findings.size() == 3);
   std::set<std::string> keys;
@@ -497,8 +490,8 @@ TEST_CASE("killing a worker mid-run still completes the run with no "
   {
     INFO("stderr of troupe run:\n" << run.err());
     INFO(cluster.dump());
-    INFO("cluster-findings.jsonl:\n" << slurp(findings_path));
-    INFO("worker-1 searches.jsonl:\n" << slurp(w1_searches));
+    INFO("cluster-findings.jsonl:\n" << read_file(findings_path));
+    INFO("worker-1 searches.jsonl:\n" << read_file(w1_searches));
     REQUIRE(hung);
     REQUIRE((topic == "alpha" || topic == "beta"));
     REQUIRE(run.proc->running());
@@ -515,9 +508,9 @@ TEST_CASE("killing a worker mid-run still completes the run with no "
   INFO("answer:\n" << answer);
   INFO("stderr of troupe run:\n" << err);
   INFO(cluster.dump());
-  INFO("cluster-findings.jsonl:\n" << slurp(findings_path));
-  INFO("worker-1 searches.jsonl:\n" << slurp(w1_searches));
-  INFO("worker-2 searches.jsonl:\n" << slurp(w2_searches));
+  INFO("cluster-findings.jsonl:\n" << read_file(findings_path));
+  INFO("worker-1 searches.jsonl:\n" << read_file(w1_searches));
+  INFO("worker-2 searches.jsonl:\n" << read_file(w2_searches));
   REQUIRE(code == 0);
 
   // Both subtasks answered, both by worker-2 (worker-1 never answered).

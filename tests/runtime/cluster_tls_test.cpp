@@ -8,10 +8,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <fstream>
 #include <memory>
 #include <regex>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,13 +23,6 @@ using namespace troupe::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in{path, std::ios::binary};
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
 
 /// `argv` started in the background in `dir` (the child's working folder),
 /// its stdout and stderr in DIR/LABEL.out and DIR/LABEL.err; the returned
@@ -137,6 +128,55 @@ struct tls_coordinator {
 const std::regex joined_re{
   R"(joined the cluster through \S+ \(members: ([^)]*)\))"};
 
+/// A TLS worker NAME (with its own certificate, hosting the example's
+/// worker swarm) that joined the cluster through `seed`.
+struct tls_worker {
+  std::unique_ptr<child_process> proc;
+  /// The members it was told of when it joined.
+  std::string members;
+
+  tls_worker(const tls_cluster& c, const std::string& name,
+             const std::string& seed)
+    : proc(start_in(c.node_argv(name, "worker.swarm.json", seed,
+                                c.tls_flags(name)),
+                    c.dir.path().string(), name)) {
+    auto joined = proc->wait_for_err(joined_re, 30s);
+    INFO(name << ": " << proc->err());
+    REQUIRE(!joined.empty());
+    members = joined[1];
+  }
+};
+
+/// After peers were refused: the coordinator is still up and worker-1
+/// joins it, told of the coordinator and of no rogue or plain node.
+tls_worker good_worker_joins(const tls_coordinator& coord) {
+  REQUIRE(coord.proc->running());
+  tls_worker good{coord.c, "worker-1", coord.address};
+  INFO("worker-1: " << good.proc->err());
+  CHECK(good.members.find("coordinator") != std::string::npos);
+  CHECK(good.members.find("rogue") == std::string::npos);
+  CHECK(good.members.find("plain") == std::string::npos);
+  return good;
+}
+
+/// How a node that stops by itself ended.
+struct node_exit {
+  int code = -1;
+  std::string err;
+};
+
+/// `argv` run in the cluster's folder until it exits (within 30 s), its
+/// output in LABEL.out and LABEL.err.
+node_exit run_to_exit(const tls_cluster& c,
+                      const std::vector<std::string>& argv,
+                      const std::string& label) {
+  auto node = start_in(argv, c.dir.path().string(), label);
+  auto code = node->wait_exit(30s);
+  INFO(label << ": " << node->err());
+  REQUIRE(code != -1);
+  return {code, node->err()};
+}
+
 } // namespace
 
 TEST_CASE("TLS nodes with certificates from the cluster CA join and run a "
@@ -145,20 +185,12 @@ TEST_CASE("TLS nodes with certificates from the cluster CA join and run a "
   tls_cluster c;
   tls_coordinator coord{c};
   auto dir = c.dir.path().string();
-  auto w1 = start_in(c.node_argv("worker-1", "worker.swarm.json",
-                                 coord.address, c.tls_flags("worker-1")),
-                     dir, "worker-1");
-  auto members1 = w1->wait_for_err(joined_re, 30s);
-  INFO("worker-1: " << w1->err());
-  REQUIRE(!members1.empty());
-  CHECK(members1[1].find("coordinator") != std::string::npos);
-  auto w2 = start_in(c.node_argv("worker-2", "worker.swarm.json",
-                                 coord.address, c.tls_flags("worker-2")),
-                     dir, "worker-2");
-  auto members2 = w2->wait_for_err(joined_re, 30s);
-  INFO("worker-2: " << w2->err());
-  REQUIRE(!members2.empty());
-  CHECK(members2[1].find("worker-1") != std::string::npos);
+  tls_worker w1{c, "worker-1", coord.address};
+  INFO("worker-1: " << w1.proc->err());
+  CHECK(w1.members.find("coordinator") != std::string::npos);
+  tls_worker w2{c, "worker-2", coord.address};
+  INFO("worker-2: " << w2.proc->err());
+  CHECK(w2.members.find("worker-1") != std::string::npos);
   // The seed sees both joins, over TLS.
   CHECK(!coord.proc->wait_for_err(std::regex{"worker-2 joined"}, 10s).empty());
 
@@ -180,7 +212,7 @@ TEST_CASE("TLS nodes with certificates from the cluster CA join and run a "
   auto err = client->err();
   CHECK(std::regex_search(err, std::regex{"researcher@worker-[12]"}));
   // The coordinator's tool recorded the three findings.
-  auto findings = slurp(c.dir.file("cluster-findings.jsonl"));
+  auto findings = read_file(c.dir.file("cluster-findings.jsonl"));
   CHECK(std::count(findings.begin(), findings.end(), '\n') == 3);
   CHECK(coord.proc->running());
 }
@@ -190,46 +222,31 @@ TEST_CASE("a TLS cluster refuses a node whose certificate another CA signed "
           "[cluster][tls]") {
   tls_cluster c;
   tls_coordinator coord{c};
-  auto dir = c.dir.path().string();
   // The rogue node trusts its own CA only; the coordinator does not trust it.
-  auto rogue = start_in(
-    c.node_argv("rogue", "", coord.address, c.rogue_flags()), dir, "rogue");
-  auto code = rogue->wait_exit(30s);
-  INFO("rogue: " << rogue->err());
+  auto rogue = run_to_exit(
+    c, c.node_argv("rogue", "", coord.address, c.rogue_flags()), "rogue");
+  INFO("rogue: " << rogue.err);
   INFO("coordinator: " << coord.proc->err());
-  REQUIRE(code != -1);
-  CHECK(code == 3);
-  CHECK(rogue->err().find("error: cannot join the cluster")
-        != std::string::npos);
-  CHECK(rogue->err().find("joined the cluster through") == std::string::npos);
+  CHECK(rogue.code == 3);
+  CHECK(rogue.err.find("error: cannot join the cluster") != std::string::npos);
+  CHECK(rogue.err.find("joined the cluster through") == std::string::npos);
   // Refused at the TLS handshake, at the coordinator's address.
-  CHECK(rogue->err().find(coord.address) != std::string::npos);
-  CHECK(rogue->err().find("handshake") != std::string::npos);
+  CHECK(rogue.err.find(coord.address) != std::string::npos);
+  CHECK(rogue.err.find("handshake") != std::string::npos);
   // A rogue certificate next to the cluster's CA file never gets as far as
   // the handshake: the node checks its own certificate against the CA at
   // start and names the mismatch.
   auto half = c.rogue_flags();
   half[5] = c.certs + "/ca.pem";
-  auto rogue2 = start_in(c.node_argv("rogue-2", "", coord.address, half), dir,
-                         "rogue-2");
-  auto code2 = rogue2->wait_exit(30s);
-  INFO("rogue-2: " << rogue2->err());
-  REQUIRE(code2 != -1);
-  CHECK(code2 == 2);
-  CHECK(rogue2->err().find("is not signed by the CA in '" + c.certs
-                           + "/ca.pem'")
+  auto rogue2 =
+    run_to_exit(c, c.node_argv("rogue-2", "", coord.address, half), "rogue-2");
+  INFO("rogue-2: " << rogue2.err);
+  CHECK(rogue2.code == 2);
+  CHECK(rogue2.err.find("is not signed by the CA in '" + c.certs + "/ca.pem'")
         != std::string::npos);
   // The coordinator is still up and a good node joins after them.
-  REQUIRE(coord.proc->running());
-  auto good = start_in(c.node_argv("worker-1", "worker.swarm.json",
-                                   coord.address, c.tls_flags("worker-1")),
-                       dir, "worker-1");
-  auto members = good->wait_for_err(joined_re, 30s);
-  INFO("worker-1: " << good->err());
-  REQUIRE(!members.empty());
-  CHECK(members[1].find("coordinator") != std::string::npos);
-  CHECK(members[1].find("rogue") == std::string::npos);
-  CHECK(members[1].find("plain") == std::string::npos);
+  auto good = good_worker_joins(coord);
+  INFO("worker-1: " << good.proc->err());
   CHECK(coord.proc->err().find("rogue joined") == std::string::npos);
   CHECK(coord.proc->err().find("rogue-2 joined") == std::string::npos);
 }
@@ -240,15 +257,12 @@ TEST_CASE("a TLS cluster refuses plain TCP nodes and clients",
   tls_coordinator coord{c};
   auto dir = c.dir.path().string();
   auto plain =
-    start_in(c.node_argv("plain", "", coord.address, {}), dir, "plain");
-  auto code = plain->wait_exit(30s);
-  INFO("plain: " << plain->err());
+    run_to_exit(c, c.node_argv("plain", "", coord.address, {}), "plain");
+  INFO("plain: " << plain.err);
   INFO("coordinator: " << coord.proc->err());
-  REQUIRE(code != -1);
-  CHECK(code == 3);
-  CHECK(plain->err().find("error: cannot join the cluster")
-        != std::string::npos);
-  CHECK(plain->err().find(coord.address) != std::string::npos);
+  CHECK(plain.code == 3);
+  CHECK(plain.err.find("error: cannot join the cluster") != std::string::npos);
+  CHECK(plain.err.find(coord.address) != std::string::npos);
 
   // A run without certificates names the address it could not join.
   auto client = start_in({cli_path(), "run", "--cluster", coord.address,
@@ -262,62 +276,44 @@ TEST_CASE("a TLS cluster refuses plain TCP nodes and clients",
   CHECK(client->err().find(coord.address) != std::string::npos);
   CHECK(client->out().find("Brief") == std::string::npos);
 
-  REQUIRE(coord.proc->running());
-  auto good = start_in(c.node_argv("worker-1", "worker.swarm.json",
-                                   coord.address, c.tls_flags("worker-1")),
-                       dir, "worker-1");
-  auto members = good->wait_for_err(joined_re, 30s);
-  INFO("worker-1: " << good->err());
-  REQUIRE(!members.empty());
-  CHECK(members[1].find("coordinator") != std::string::npos);
-  CHECK(members[1].find("rogue") == std::string::npos);
-  CHECK(members[1].find("plain") == std::string::npos);
+  auto good = good_worker_joins(coord);
+  INFO("worker-1: " << good.proc->err());
   CHECK(coord.proc->err().find("plain joined") == std::string::npos);
 }
 
 TEST_CASE("troupe node refuses bad TLS files before it starts",
           "[cluster][tls]") {
   tls_cluster c;
-  auto dir = c.dir.path().string();
-  auto run_node = [&](const std::vector<std::string>& tls,
-                      const std::string& label) {
-    auto node = start_in(c.node_argv("worker-1", "", "", tls), dir, label);
-    auto code = node->wait_exit(30s);
-    INFO(label << ": " << node->err());
-    REQUIRE(code != -1);
-    return std::make_pair(code, node->err());
-  };
-
-  SECTION("a missing key file") {
+  // worker-1's TLS flags with the one at `at` replaced by `file`: the node
+  // exits with 2 and names `named`; returns its stderr.
+  auto refused = [&](size_t at, const std::string& file,
+                     const std::string& named, const std::string& label) {
     auto tls = c.tls_flags("worker-1");
-    auto missing = c.certs + "/no-such.key";
-    tls[3] = missing;
-    auto [code, err] = run_node(tls, "missing-key");
+    tls[at] = file;
+    auto [code, err] =
+      run_to_exit(c, c.node_argv("worker-1", "", "", tls), label);
     INFO(err);
     CHECK(code == 2);
     CHECK(err.find("error: cluster TLS") != std::string::npos);
-    CHECK(err.find(missing) != std::string::npos);
+    CHECK(err.find(named) != std::string::npos);
+    return err;
+  };
+
+  SECTION("a missing key file") {
+    auto missing = c.certs + "/no-such.key";
+    auto err = refused(3, missing, missing, "missing-key");
+    INFO(err);
     CHECK(err.find("listening on") == std::string::npos);
   }
 
   SECTION("a key that does not belong to the certificate") {
-    auto tls = c.tls_flags("worker-1");
-    tls[3] = c.certs + "/worker-2.key";
-    auto [code, err] = run_node(tls, "wrong-key");
+    auto err = refused(3, c.certs + "/worker-2.key", "worker-2.key",
+                       "wrong-key");
     INFO(err);
-    CHECK(code == 2);
-    CHECK(err.find("error: cluster TLS") != std::string::npos);
-    CHECK(err.find("worker-2.key") != std::string::npos);
     CHECK(err.find("listening on") == std::string::npos);
   }
 
   SECTION("a CA file that holds no certificate") {
-    auto tls = c.tls_flags("worker-1");
-    tls[5] = c.certs + "/worker-1.key";
-    auto [code, err] = run_node(tls, "bad-ca");
-    INFO(err);
-    CHECK(code == 2);
-    CHECK(err.find("error: cluster TLS") != std::string::npos);
-    CHECK(err.find("worker-1.key") != std::string::npos);
+    refused(5, c.certs + "/worker-1.key", "worker-1.key", "bad-ca");
   }
 }

@@ -42,13 +42,6 @@ std::vector<json> jsonl(const std::string& path) {
   return out;
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in{path};
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
 std::string refund_swarm() {
   return source_dir() + "/examples/refund/refund.swarm.json";
 }
@@ -314,7 +307,7 @@ struct finished_run {
 finished_run finish(paused_refund_run& run) {
   finished_run out;
   out.exit_code = run.child.wait_exit(45s);
-  out.answer = slurp(run.out);
+  out.answer = read_file(run.out);
   out.err = run.child.err();
   return out;
 }

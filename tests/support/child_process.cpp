@@ -1,4 +1,5 @@
 #include "support/child_process.hpp"
+#include "support/process.hpp"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -9,8 +10,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 extern char** environ;
@@ -18,13 +17,6 @@ extern char** environ;
 namespace troupe::test {
 
 namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in{path, std::ios::binary};
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
 
 /// The test process's environment without its TROUPE_* variables.
 std::vector<std::string> child_environment() {
@@ -228,7 +220,7 @@ int child_process::stop(std::chrono::milliseconds limit) {
 
 std::string child_process::err() const {
   if (!err_path_.empty())
-    return slurp(err_path_);
+    return read_file(err_path_);
   std::string out;
   for (const auto& l : lines_)
     out += l + "\n";
@@ -236,7 +228,7 @@ std::string child_process::err() const {
 }
 
 std::string child_process::out() const {
-  return slurp(out_path_);
+  return read_file(out_path_);
 }
 
 bool child_process::read_some(std::chrono::steady_clock::time_point deadline) {

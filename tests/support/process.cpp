@@ -10,16 +10,12 @@
 
 namespace troupe::test {
 
-namespace {
-
-std::string slurp(const std::string& path) {
-  std::ifstream in{path};
+std::string read_file(const std::string& path) {
+  std::ifstream in{path, std::ios::binary};
   std::stringstream buf;
   buf << in.rdbuf();
   return buf.str();
 }
-
-} // namespace
 
 std::string shell_quote(const std::string& arg) {
   std::string out = "'";
@@ -41,8 +37,8 @@ process_output run_command(const std::string& command) {
   process_output result;
   auto status = std::system(full.c_str());
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  result.out = slurp(out_path);
-  result.err = slurp(err_path);
+  result.out = read_file(out_path);
+  result.err = read_file(err_path);
   return result;
 }
 

@@ -1,6 +1,7 @@
 #pragma once
 
-// Runs a command line to completion and captures what it printed.
+// Runs a command line to completion and captures what it printed; reads a
+// whole file.
 
 #include <string>
 
@@ -18,5 +19,8 @@ process_output run_command(const std::string& command);
 
 /// Quotes one argument for /bin/sh.
 std::string shell_quote(const std::string& arg);
+
+/// The whole contents of the file at `path` (empty when it cannot be read).
+std::string read_file(const std::string& path);
 
 } // namespace troupe::test
