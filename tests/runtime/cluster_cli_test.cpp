@@ -21,11 +21,11 @@
 #include <set>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "messages/json_value.hpp"
 #include "support/child_process.hpp"
+#include "support/file_watch.hpp"
 #include "support/paths.hpp"
 #include "support/process.hpp"
 #include "support/temp_dir.hpp"
@@ -74,19 +74,6 @@ std::string attr(const json& rec, const char* key) {
   if (i == a->end() || !i->is_string())
     return {};
   return i->get<std::string>();
-}
-
-/// Polls `done` every 20 ms until it holds or `limit` passes.
-bool wait_until(const std::function<bool()>& done,
-                std::chrono::milliseconds limit) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    if (done())
-      return true;
-    if (std::chrono::steady_clock::now() >= deadline)
-      return false;
-    std::this_thread::sleep_for(20ms);
-  }
 }
 
 std::string example(const std::string& file) {
@@ -475,6 +462,8 @@ TEST_CASE("killing a worker mid-run still completes the run with no "
   std::string topic;
   std::string hung_key;
   auto hung = wait_until(
+    {fs::path{w1_searches}.parent_path().string(),
+     fs::path{findings_path}.parent_path().string()},
     [&] {
       auto searches = jsonl(w1_searches);
       if (searches.empty())
@@ -618,6 +607,7 @@ TEST_CASE("a node that falls silent fails by heartbeat and is greeted again "
     return n;
   };
   CHECK(wait_until(
+    {coordinator.cwd.string()},
     [&] {
       return count(coordinator.err(), "coordinator: worker-1 joined") == 2;
     },

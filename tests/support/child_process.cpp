@@ -1,4 +1,5 @@
 #include "support/child_process.hpp"
+#include "support/file_watch.hpp"
 #include "support/process.hpp"
 
 #include <fcntl.h>
@@ -10,7 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
-#include <thread>
+#include <filesystem>
 
 extern char** environ;
 
@@ -162,6 +163,10 @@ child_process::wait_for_err(const std::regex& re,
   if (err_path_.empty() || !started())
     return {};
   auto deadline = std::chrono::steady_clock::now() + limit;
+  // Wakes on writes to the stderr file and on the child's exit.
+  file_watch watch{{std::filesystem::path{err_path_}.parent_path().string()}};
+  if (running())
+    watch.watch_exit(pid_);
   for (;;) {
     // Whether it ran before the file is read: a child that has exited has
     // written all it will, so its last line counts even without a newline.
@@ -179,9 +184,8 @@ child_process::wait_for_err(const std::regex& re,
         return {m.begin(), m.end()};
       at = end + 1;
     }
-    if (!alive || std::chrono::steady_clock::now() >= deadline)
+    if (!alive || !watch.wait(deadline))
       return {};
-    std::this_thread::sleep_for(std::chrono::milliseconds{20});
   }
 }
 
@@ -197,10 +201,14 @@ int child_process::wait_exit(std::chrono::milliseconds limit) {
         break;
     drained = eof_;
   }
-  // Poll for the exit, bounded by the deadline.
-  if (drained)
-    while (running() && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds{20});
+  // Wait for the exit, bounded by the deadline.
+  if (drained && running()) {
+    file_watch watch{{}};
+    watch.watch_exit(pid_);
+    while (running())
+      if (!watch.wait(deadline))
+        break;
+  }
   if (!reaped_) {
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, &status_, 0);
