@@ -9,6 +9,7 @@ packages=(
   nlohmann-json3-dev     # JSON
   libboost-dev libssl-dev # Beast/Asio HTTP, TLS
   openssl                # the command line: test certificates (TLS tests)
+  iproute2               # ip netns / veth: cluster nodes as separate hosts (tests)
   libspdlog-dev          # logging
   catch2                 # tests (Catch2 v2)
   libsqlite3-dev sqlite3 # embedded store
