@@ -253,12 +253,10 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
   if (!cluster.empty()) {
     try {
       auto via = rt->connect(seed.first, seed.second);
-      std::string names;
-      for (const auto& n : rt->members())
-        names += (names.empty() ? "" : ", ") + n.name;
       if (!quiet)
         std::cerr << "troupe: joined the cluster through " << via
-                  << " (members: " << names << ")\n";
+                  << " (members: " << troupe::member_names(rt->members())
+                  << ")\n";
     } catch (const std::exception& ex) {
       std::cerr << "error: " << ex.what() << "\n";
       return exit_unreachable;

@@ -21,6 +21,7 @@
 #include <spdlog/spdlog.h>
 
 #include "messages/errors.hpp"
+#include "runtime/approvals.hpp"
 #include "runtime/clock.hpp"
 
 namespace troupe {
@@ -238,25 +239,6 @@ void greet(node_self* self, const std::string& host, uint16_t port,
       });
 }
 
-/// Splits "host:port" (the last colon; brackets around IPv6 hosts).
-bool split_address(const std::string& text, std::string& host,
-                   uint16_t& port) {
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0 || colon + 1 >= text.size())
-    return false;
-  host = text.substr(0, colon);
-  if (host.size() > 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
-  try {
-    auto n = std::stoul(text.substr(colon + 1));
-    if (n == 0 || n > 65535)
-      return false;
-    port = static_cast<uint16_t>(n);
-  } catch (const std::exception&) {
-    return false;
-  }
-  return true;
-}
 
 /// One join in progress: the members still being greeted.
 struct join_state {
@@ -284,9 +266,15 @@ void greet_members(node_self* self, const std::shared_ptr<join_state>& join,
     if (info.name == st.cfg.self.name || st.peers.count(info.name) != 0
         || !join->attempted.insert(info.name).second)
       continue;
-    std::string host;
-    uint16_t port = 0;
-    if (info.address.empty() || !split_address(info.address, host, port)) {
+    std::pair<std::string, uint16_t> where;
+    try {
+      if (!info.address.empty())
+        where = parse_host_port(info.address);
+    } catch (const std::invalid_argument&) {
+      spdlog::warn("node {}: member {} names a bad address '{}'",
+                   st.cfg.self.name, info.name, info.address);
+    }
+    if (where.second == 0) {
       // A client: reachable only through its own connection.
       add_peer(self, std::move(info));
       continue;
@@ -295,7 +283,7 @@ void greet_members(node_self* self, const std::shared_ptr<join_state>& join,
       continue;
     ++join->pending;
     auto name = info.name;
-    greet(self, host, port,
+    greet(self, where.first, where.second,
           [self, join, name](const std::string& why,
                              std::vector<node_info> theirs) {
             --join->pending;
@@ -523,6 +511,13 @@ std::vector<located_agent> find_agents(const std::vector<node_info>& directory,
       if (match)
         out.push_back({node.name, a});
     }
+  return out;
+}
+
+std::string member_names(const std::vector<node_info>& directory) {
+  std::string out;
+  for (const auto& n : directory)
+    out += (out.empty() ? "" : ", ") + n.name;
   return out;
 }
 

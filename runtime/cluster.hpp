@@ -135,6 +135,9 @@ std::vector<located_agent> find_agents(const std::vector<node_info>& directory,
                                        const std::string& name,
                                        const std::string& capability = "");
 
+/// The members' names, "a, b, c", in the directory's order.
+std::string member_names(const std::vector<node_info>& directory);
+
 /// Every tool with `capability`, on every node, local node first.
 std::vector<located_tool> find_tools(const std::vector<node_info>& directory,
                                      const std::string& capability);

@@ -22,13 +22,6 @@ namespace {
 constexpr int exit_bad_input = 2;
 constexpr int exit_unreachable = 3;
 
-std::string member_names(const std::vector<node_info>& dir) {
-  std::string out;
-  for (const auto& n : dir)
-    out += (out.empty() ? "" : ", ") + n.name;
-  return out;
-}
-
 } // namespace
 
 int run_node(const node_command& cmd, std::ostream& out, node_setup setup) {

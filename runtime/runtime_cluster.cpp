@@ -55,12 +55,6 @@ T ask(caf::actor_system& sys, const caf::actor& dest, const std::string& what,
   return ask_within<T>(sys, node_timeout, dest, what, std::forward<Ts>(xs)...);
 }
 
-std::string names_of(const std::vector<node_info>& dir) {
-  std::string out;
-  for (const auto& n : dir)
-    out += (out.empty() ? "" : ", ") + n.name;
-  return out;
-}
 
 } // namespace
 
@@ -278,7 +272,7 @@ runnable_actor runtime::spawn_on(const std::string& node, agent_spec spec) {
     throw std::invalid_argument("spawn_on: agent '" + spec.name
                                 + "': no node '" + node
                                 + "' in the cluster (members: "
-                                + names_of(dir) + ")");
+                                + member_names(dir) + ")");
   for (const auto& tool : spec.tools)
     if (!find_tool(dir, tool))
       throw std::invalid_argument("spawn_on: agent '" + spec.name
