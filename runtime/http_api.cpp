@@ -417,7 +417,7 @@ std::optional<int64_t> parse_count(const std::string& text) {
   return std::stoll(text);
 }
 
-json approval_to_json(const approval_request& r) {
+json approval_json(const approval_request& r) {
   return json{{"id", r.request_id},
               {"run_id", r.ref.run_id},
               {"agent", r.agent},
@@ -658,7 +658,8 @@ public:
   session(tcp::socket sock, http_api::impl& srv)
     : stream_(std::move(sock)),
       srv_(srv),
-      keep_alive_timer_(stream_.get_executor()) {
+      keep_alive_timer_(stream_.get_executor()),
+      final_timer_(stream_.get_executor()) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
     peer_ = ec ? std::string{"unknown"} : ep.address().to_string();
@@ -700,6 +701,7 @@ public:
       return;
     closed_ = true;
     keep_alive_timer_.cancel();
+    final_timer_.cancel();
     end_subscription();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
@@ -980,7 +982,7 @@ private:
         check_params(params, {});
         json list = json::array();
         for (const auto& r : svc.pending_approvals())
-          list.push_back(approval_to_json(r));
+          list.push_back(approval_json(r));
         return reply(200, json{{"approvals", std::move(list)}});
       }
       case route_kind::approval:
@@ -1059,7 +1061,7 @@ private:
     spdlog::info("http api: approval {} {} by {}", route_.id,
                  verdict == approval_verdict::approve ? "approved" : "denied",
                  who_name());
-    reply(200, approval_to_json(req));
+    reply(200, approval_json(req));
   }
 
   void reply(int status, const json& body,
@@ -1192,11 +1194,26 @@ private:
     subscribed_ = true;
     spdlog::debug("http api: {} follows the events of run {} after {}", peer_,
                   route_.id, after);
-    if (ended)
-      asio::post(ex, [self = shared_from_this()] {
-        self->ending_ = true;
-        self->write_next();
+    if (ended) {
+      // The record says finished a moment before the final status event is
+      // stored (it travels through the store's thread), so a replay may
+      // lack it yet: it then comes live. Only a client that has seen it
+      // already (its Last-Event-ID) has nothing left to wait for.
+      bool seen_final = false;
+      if (after > 0) {
+        try {
+          auto ev = srv_.svc.db().events_after(route_.id, after - 1, 1);
+          seen_final = !ev.empty() && ev[0].seq == after
+                       && is_final_status_event(ev[0].data);
+        } catch (const std::exception& e) {
+          spdlog::debug("http api: reading event {} of run {}: {}", after,
+                        route_.id, e.what());
+        }
+      }
+      asio::post(ex, [self = shared_from_this(), seen_final] {
+        self->on_replayed(seen_final);
       });
+    }
     auto res = std::make_shared<http::response<http::empty_body>>(
       http::status::ok, req.version());
     res->set(http::field::server, "troupe");
@@ -1258,6 +1275,28 @@ private:
     if (is_final_status_event(data))
       ending_ = true;
     write_next();
+  }
+
+  /// A finished run's stored events are all posted (subscribe replays
+  /// before it returns). Ends the stream when its final status is among them
+  /// or the client saw it before; otherwise waits (bounded) for it to come.
+  void on_replayed(bool seen_final) {
+    if (closed_ || ending_)
+      return;
+    if (seen_final) {
+      ending_ = true;
+      return write_next();
+    }
+    final_timer_.expires_after(final_grace);
+    final_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->closed_ || self->ending_)
+        return;
+      spdlog::debug("http api: run {} has ended, but no final status event "
+                    "came within {} s; ending its stream",
+                    self->route_.id, final_grace.count());
+      self->ending_ = true;
+      self->write_next();
+    });
   }
 
   void on_overflow() {
@@ -1364,6 +1403,9 @@ private:
   };
 
   static constexpr size_t linger_limit = 64 * 1024 * 1024;
+  /// How long a stream of a finished run waits for a final status event
+  /// that is not stored yet (milliseconds, normally).
+  static constexpr std::chrono::seconds final_grace{5};
 
   beast::tcp_stream stream_;
   http_api::impl& srv_;
@@ -1382,6 +1424,7 @@ private:
   size_t drained_ = 0;
   // Event streams.
   asio::steady_timer keep_alive_timer_;
+  asio::steady_timer final_timer_;
   std::shared_ptr<sse_sink> sink_;
   uint64_t sub_ = 0;
   bool subscribed_ = false;
