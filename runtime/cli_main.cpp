@@ -14,6 +14,9 @@
 //   troupe run --store FILE SWARM.json   a durable run: checkpoints, journal
 //                                        and ledger in a SQLite file
 //   troupe resume RUN_ID --store FILE    take a durable run up where it stopped
+//   troupe serve SWARM.json... [--listen H:P] [--store FILE] [--auth FILE]
+//                                        durable runs behind the HTTP API
+//                                        (docs/http-api.md)
 //
 // `troupe run --approvals HOST:PORT` serves the run's approval gate there;
 // `troupe approvals ... --connect HOST:PORT` reaches it. Both default to the
@@ -22,7 +25,8 @@
 // Exit codes: 0 the run completed (or the approvals command did its job);
 // 1 the run ended without completing (failed, halted, max_steps) or the gate
 // refused a decision (no such pending request); 2 bad usage or a bad swarm
-// file; 3 the approval gate could not be reached.
+// file; 3 the approval gate could not be reached (serve: the address could
+// not be bound). `troupe serve` and `troupe node` exit 0 after SIGINT/SIGTERM.
 
 #include <chrono>
 #include <cstdio>
@@ -47,6 +51,7 @@
 #include "runtime/guardrail_lines.hpp"
 #include "runtime/node_main.hpp"
 #include "runtime/run_service.hpp"
+#include "runtime/serve_main.hpp"
 #include "runtime/swarm.hpp"
 #include "runtime/timeline.hpp"
 
@@ -694,6 +699,51 @@ int main(int argc, char** argv) {
   resume->add_flag("--json", as_json, "Print the run's record as JSON");
   resume->add_option("--timeout", timeout_s, "Give up after SECONDS")
     ->check(CLI::Range(1, 86400));
+  auto* serve = app.add_subcommand(
+    "serve", "Serve durable runs of swarm files over HTTP (docs/http-api.md) "
+             "until SIGINT or SIGTERM");
+  troupe::serve_command serve_cmd;
+  int serve_timeout_s = 600;
+  size_t serve_max_body = 0;
+  double serve_rate = 0, serve_burst = 0;
+  bool serve_no_resume = false;
+  serve->add_option("swarms", serve_cmd.swarms,
+                    "The swarm files runs can be submitted to")
+    ->required();
+  serve->add_option("--listen", serve_cmd.listen,
+                    "HOST:PORT to serve on (default 127.0.0.1:8080; port 0 = "
+                    "any free port, printed on stderr)");
+  serve->add_option("--store", serve_cmd.store,
+                    "The SQLite file of runs (default troupe-runs.db)");
+  serve->add_option("--auth", serve_cmd.auth,
+                    "Bearer tokens and their roles (JSON); without it every "
+                    "route is open and only loopback addresses are served");
+  serve->add_option("--max-runs", serve_cmd.max_runs,
+                    "Runs at once; more wait queued (default 8)")
+    ->check(CLI::Range(1, 10000));
+  auto* serve_timeout_opt =
+    serve->add_option("--run-timeout", serve_timeout_s,
+                      "A run taking longer than SECONDS fails (default 600)")
+      ->check(CLI::Range(1, 7 * 86400));
+  auto* serve_max_body_opt =
+    serve->add_option("--max-body", serve_max_body,
+                      "Largest request body in BYTES (default 1048576)")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 30));
+  auto* serve_rate_opt =
+    serve->add_option("--rate", serve_rate,
+                      "Requests per second per token or client address "
+                      "(default 50)")
+      ->check(CLI::Range(0.001, 1e6));
+  auto* serve_burst_opt =
+    serve->add_option("--burst", serve_burst,
+                      "Requests allowed at once above the rate (default 100)")
+      ->check(CLI::Range(1.0, 1e6));
+  serve->add_option("-t,--trace", serve_cmd.trace_path,
+                    "Append every run's trace (JSONL) to FILE");
+  serve->add_option("--otlp", serve_cmd.otlp_url,
+                    "Export traces to this OTLP/HTTP endpoint");
+  serve->add_flag("--no-resume", serve_no_resume,
+                  "Leave the store's unfinished runs as they are at start");
 
   auto* validate = app.add_subcommand(
     "validate", "Check a swarm file and the scripts it names, then exit");
@@ -784,6 +834,18 @@ int main(int argc, char** argv) {
     node_cmd.heartbeat_timeout = std::chrono::milliseconds{heartbeat_timeout_ms};
     node_cmd.join_timeout = std::chrono::seconds{join_timeout_s};
     return troupe::run_node(node_cmd, std::cerr);
+  }
+  if (*serve) {
+    if (*serve_timeout_opt)
+      serve_cmd.run_timeout = std::chrono::seconds{serve_timeout_s};
+    if (*serve_max_body_opt)
+      serve_cmd.max_body = serve_max_body;
+    if (*serve_rate_opt)
+      serve_cmd.rate = serve_rate;
+    if (*serve_burst_opt)
+      serve_cmd.burst = serve_burst;
+    serve_cmd.resume = !serve_no_resume;
+    return troupe::run_serve(serve_cmd, std::cerr);
   }
   if (*apr_list)
     return cmd_approvals_list(connect, approvals_timeout_s);
