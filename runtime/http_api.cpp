@@ -417,18 +417,6 @@ std::optional<int64_t> parse_count(const std::string& text) {
   return std::stoll(text);
 }
 
-json approval_json(const approval_request& r) {
-  return json{{"id", r.request_id},
-              {"run_id", r.ref.run_id},
-              {"agent", r.agent},
-              {"action", r.action},
-              {"args", r.args.value},
-              {"reason", r.reason},
-              {"created_ms", r.created_ms},
-              {"expires_ms", r.ttl_ms > 0 ? json(r.created_ms + r.ttl_ms)
-                                          : json(nullptr)}};
-}
-
 bool is_final_status_event(const json& data) {
   if (!data.is_object() || !data.contains("type") || data["type"] != "status")
     return false;
@@ -982,7 +970,7 @@ private:
         check_params(params, {});
         json list = json::array();
         for (const auto& r : svc.pending_approvals())
-          list.push_back(approval_json(r));
+          list.push_back(approval_to_json(r));
         return reply(200, json{{"approvals", std::move(list)}});
       }
       case route_kind::approval:
@@ -1061,7 +1049,7 @@ private:
     spdlog::info("http api: approval {} {} by {}", route_.id,
                  verdict == approval_verdict::approve ? "approved" : "denied",
                  who_name());
-    reply(200, approval_json(req));
+    reply(200, approval_to_json(req));
   }
 
   void reply(int status, const json& body,
