@@ -14,6 +14,8 @@
 
 #include "messages/json_value.hpp"
 #include "runtime/approvals.hpp"
+#include "runtime/dashboard.hpp"
+#include "runtime/otlp_exporter.hpp"
 #include "runtime/run_service.hpp"
 #include "runtime/runtime.hpp"
 
@@ -105,20 +107,39 @@ int run_serve(const serve_command& cmd, std::ostream& log, serve_hooks hooks) {
     log << "error: " << ex.what() << std::endl;
     return exit_bad_input;
   }
-  if (!cmd.otlp_url.empty())
-    spdlog::warn("serve: --otlp {} is accepted but traces are not exported "
-                 "over OTLP yet",
-                 cmd.otlp_url);
+  std::shared_ptr<otlp_exporter> otlp;
+  if (!cmd.otlp_url.empty()) {
+    try {
+      otlp_options oo;
+      oo.endpoint = cmd.otlp_url;
+      otlp = std::make_shared<otlp_exporter>(oo);
+    } catch (const std::exception& ex) {
+      log << "error: --otlp: " << ex.what() << std::endl;
+      return exit_bad_input;
+    }
+  }
+  // The dashboard unless the program brings its own files.
+  if (!hooks.assets)
+    hooks.assets = [](const std::string& path) -> std::optional<asset> {
+      auto f = dashboard_file(path);
+      if (!f)
+        return std::nullopt;
+      return asset{f->content_type, f->body};
+    };
   svc_opts.store.path = cmd.store;
   svc_opts.max_concurrent_runs = cmd.max_runs;
   svc_opts.run_timeout = cmd.run_timeout;
   // Unfinished runs resume once the server listens: a server that cannot
   // bind its port should not start (and then abandon) old runs.
   svc_opts.resume_on_start = false;
-  if (trace)
-    svc_opts.configure = [trace](runtime_config& cfg, const swarm_definition&) {
-      cfg.trace_listeners.push_back(
-        [trace](const json& rec) { trace->write(rec); });
+  if (trace || otlp)
+    svc_opts.configure = [trace, otlp](runtime_config& cfg,
+                                       const swarm_definition&) {
+      if (trace)
+        cfg.trace_listeners.push_back(
+          [trace](const json& rec) { trace->write(rec); });
+      if (otlp)
+        cfg.trace_listeners.push_back(otlp->listener());
     };
   if (hooks.configure)
     hooks.configure(svc_opts);
@@ -182,6 +203,9 @@ int run_serve(const serve_command& cmd, std::ostream& log, serve_hooks hooks) {
       << "); runs still going resume at the next start" << std::endl;
   api->stop();
   svc->shutdown();
+  // What the runs traced last goes out before the process does.
+  if (otlp)
+    otlp->stop();
   return 0;
 }
 

@@ -15,6 +15,7 @@ packages=(
   libsqlite3-dev sqlite3 # embedded store
   prometheus-cpp-dev     # metrics
   libcli11-dev           # the troupe command line
+  chromium               # headless browser of the dashboard's end-to-end test (tests/e2e/dashboard)
 )
 
 # node and npm run the interop test's mock LLM server (tests/interop/mock-llm,
