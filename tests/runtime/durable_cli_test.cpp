@@ -12,6 +12,7 @@
 #include "messages/json_value.hpp"
 #include "runtime/store.hpp"
 #include "tests/support/child_process.hpp"
+#include "tests/support/durable_swarm.hpp"
 #include "tests/support/file_watch.hpp"
 #include "tests/support/paths.hpp"
 #include "tests/support/process.hpp"
@@ -22,17 +23,6 @@ using troupe::test::child_process;
 using troupe::test::temp_dir;
 
 namespace {
-
-/// The durable swarm in `dir`, its script named by absolute path; its
-/// journal file lands in the working directory (the test's `dir`).
-std::string copy_swarm(const temp_dir& dir) {
-  auto src = test::source_dir() + "/tests/runtime/durable/";
-  auto doc = json::parse(test::read_file(src + "durable.swarm.json"));
-  doc["model"] = "scripted:" + src + "durable.script.json";
-  auto path = dir.file("durable.swarm.json");
-  std::ofstream{path} << doc.dump(2);
-  return path;
-}
 
 size_t lines_of(const std::string& path) {
   std::ifstream in{path};
@@ -49,7 +39,7 @@ size_t lines_of(const std::string& path) {
 TEST_CASE("troupe resume finishes a run whose process was killed",
           "[durable-cli]") {
   temp_dir dir;
-  auto swarm = copy_swarm(dir);
+  auto swarm = test::write_durable_swarm(dir, false);
   auto effects = dir.file("side-effects.jsonl");
   {
     child_process run{{test::cli_path(), "run", swarm, "--goal",

@@ -23,6 +23,7 @@
 
 #include "runtime/run_service.hpp"
 #include "tests/support/child_process.hpp"
+#include "tests/support/durable_swarm.hpp"
 #include "tests/support/file_watch.hpp"
 #include "tests/support/paths.hpp"
 #include "tests/support/process.hpp"
@@ -38,17 +39,6 @@ constexpr int run_count = 50;
 
 std::string item_name(int i) {
   return "item-" + std::to_string(i);
-}
-
-/// The durable swarm in `dir`, its journal file there.
-std::string write_swarm(const temp_dir& dir) {
-  auto src = test::source_dir() + "/tests/runtime/durable/";
-  auto doc = json::parse(test::read_file(src + "durable.swarm.json"));
-  doc["model"] = "scripted:" + src + "durable.script.json";
-  doc["tools"]["record_item"]["file"] = dir.file("side-effects.jsonl");
-  auto path = dir.file("durable.swarm.json");
-  std::ofstream{path} << doc.dump(2);
-  return path;
 }
 
 /// The journal file's complete lines.
@@ -108,7 +98,7 @@ TEST_CASE("50 durable runs killed with SIGKILL at random points and resumed "
     temp_dir dir;
     run_service_options opts;
     opts.store.path = dir.file("runs.db");
-    run_service svc({write_swarm(dir)}, opts);
+    run_service svc({test::write_durable_swarm(dir)}, opts);
     for (int i = 0; i < run_count; ++i)
       svc.submit(submission(i));
     for (int i = 0; i < run_count; ++i) {
@@ -121,7 +111,7 @@ TEST_CASE("50 durable runs killed with SIGKILL at random points and resumed "
   }
 
   temp_dir dir;
-  auto swarm = write_swarm(dir);
+  auto swarm = test::write_durable_swarm(dir);
   auto effects = dir.file("side-effects.jsonl");
   std::ofstream{dir.file("node.json")}
     << json{{"swarm", swarm}, {"store", dir.file("runs.db")}}.dump();

@@ -14,6 +14,7 @@
 
 #include "runtime/run_service.hpp"
 #include "runtime/runtime.hpp"
+#include "tests/support/durable_swarm.hpp"
 #include "tests/support/file_watch.hpp"
 #include "tests/support/paths.hpp"
 #include "tests/support/process.hpp"
@@ -23,18 +24,6 @@ using namespace troupe;
 using troupe::test::temp_dir;
 
 namespace {
-
-/// The durable swarm copied into `dir`, its journal file there (a journal's
-/// file is relative to the working directory, which tests must not change).
-std::string durable_swarm(const temp_dir& dir) {
-  auto src = test::source_dir() + "/tests/runtime/durable/";
-  auto doc = json::parse(test::read_file(src + "durable.swarm.json"));
-  doc["model"] = "scripted:" + src + "durable.script.json";
-  doc["tools"]["record_item"]["file"] = dir.file("side-effects.jsonl");
-  auto path = dir.file("durable.swarm.json");
-  std::ofstream{path} << doc.dump(2);
-  return path;
-}
 
 /// The journal's lines by idempotency key.
 std::map<std::string, int> side_effects(const temp_dir& dir) {
@@ -89,7 +78,7 @@ struct collector {
 TEST_CASE("durable runs complete, are recorded and keep one checkpoint per agent",
           "[run-service][durable]") {
   temp_dir dir;
-  auto swarm = durable_swarm(dir);
+  auto swarm = test::write_durable_swarm(dir);
   run_service svc({swarm}, options(dir));
   REQUIRE(svc.swarms().size() == 1);
   CHECK(svc.swarms()[0].name == "durable");
@@ -139,7 +128,7 @@ TEST_CASE("durable runs complete, are recorded and keep one checkpoint per agent
 TEST_CASE("a run's events replay from any number and then follow live",
           "[run-service][durable]") {
   temp_dir dir;
-  run_service svc({durable_swarm(dir)}, options(dir));
+  run_service svc({test::write_durable_swarm(dir)}, options(dir));
   auto id = svc.submit(item("plum")).id;
   collector live;
   auto token = svc.subscribe(id, 0, live.fn());
@@ -187,7 +176,7 @@ TEST_CASE("a run left unfinished by its service resumes in the next one with "
           "no side effect twice",
           "[run-service][durable]") {
   temp_dir dir;
-  auto swarm = durable_swarm(dir);
+  auto swarm = test::write_durable_swarm(dir);
   std::string id;
   {
     auto opts = options(dir);
@@ -262,7 +251,7 @@ TEST_CASE("submissions are checked field by field", "[run-service]") {
   CHECK(sub.context.at("k") == 1);
 
   temp_dir dir;
-  run_service svc({durable_swarm(dir)}, options(dir));
+  run_service svc({test::write_durable_swarm(dir)}, options(dir));
   auto bad = item("x");
   bad.swarm = "nope";
   CHECK_THROWS_WITH(svc.submit(bad), Catch::Contains("unknown swarm 'nope'")
