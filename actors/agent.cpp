@@ -274,6 +274,12 @@ struct active_run {
   /// Notes for the current step's results, index-aligned (policy caps,
   /// approvals).
   std::vector<std::vector<std::string>> notes;
+  /// The run's checkpoints in the store: "name/task digest".
+  std::string checkpoint_key;
+  /// Steps the last checkpoint held.
+  size_t saved_steps = 0;
+  /// The result came whole from a saved checkpoint: nothing to save again.
+  bool replayed = false;
 };
 
 struct agent_state {
@@ -366,6 +372,81 @@ void close_budget(agent_self self, active_run& run) {
   run.budget_path.clear();
 }
 
+/// How long a store lookup may take before the run starts without it.
+constexpr auto checkpoint_timeout = std::chrono::seconds{10};
+
+/// The state a checkpoint keeps: everything the run needs to go on from the
+/// step it reached (the conversation, the steps and their results, usage,
+/// what the guardrails have counted).
+json checkpoint_state(const active_run& run) {
+  return json{{"messages", run.messages},
+              {"steps", run.result.steps},
+              {"usage", run.result.usage},
+              {"cost_nusd", run.result.cost_nusd},
+              {"warnings", run.result.warnings},
+              {"calls_per_tool", run.calls_per_tool},
+              {"call_counts", run.call_counts},
+              {"seen", run.seen},
+              {"stall", run.stall},
+              {"warned", run.warned},
+              {"reroutes", run.reroutes}};
+}
+
+/// Puts a checkpoint's state back into the run. Throws json errors for a
+/// state it cannot read (the run then starts afresh).
+void restore_state(active_run& run, const json& s) {
+  // Everything is read before anything is set: a state that cannot be read
+  // leaves the run as it was.
+  auto messages = s.at("messages").get<std::vector<chat_message>>();
+  auto steps = s.at("steps").get<std::vector<step_record>>();
+  auto usage = s.at("usage").get<token_usage>();
+  auto calls_per_tool = s.value("calls_per_tool", json::object())
+                          .get<std::map<std::string, int32_t>>();
+  auto call_counts = s.value("call_counts", json::object())
+                       .get<std::map<std::string, int32_t>>();
+  auto seen = s.value("seen", json::array()).get<std::set<std::string>>();
+  auto warned = s.value("warned", json::array()).get<std::set<std::string>>();
+  auto warnings = s.value("warnings", json::array())
+                    .get<std::vector<std::string>>();
+  auto stall = s.value("stall", 0);
+  auto reroutes = s.value("reroutes", 0);
+  auto cost = s.value("cost_nusd", int64_t{0});
+  run.messages = std::move(messages);
+  run.result.steps = std::move(steps);
+  run.result.usage = usage;
+  run.result.cost_nusd = cost;
+  run.result.warnings = std::move(warnings);
+  run.calls_per_tool = std::move(calls_per_tool);
+  run.call_counts = std::move(call_counts);
+  run.seen = std::move(seen);
+  run.warned = std::move(warned);
+  run.stall = stall;
+  run.reroutes = reroutes;
+  run.current_step = static_cast<int32_t>(run.result.steps.size());
+  run.saved_steps = run.result.steps.size();
+}
+
+/// Saves the run's state to the store (when there is one): after a step,
+/// and once more, final, when the run ends.
+void save_checkpoint(agent_self self, bool final) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  if (!st.links.store || run.replayed)
+    return;
+  if (!final && run.result.steps.size() == run.saved_steps)
+    return;
+  auto state = checkpoint_state(run);
+  if (final) {
+    state["status"] = to_string(run.result.status);
+    state["answer"] = run.result.answer;
+    state["error"] = run.result.error;
+  }
+  run.saved_steps = run.result.steps.size();
+  self->send(st.links.store, st_ckpt_put_atom::value, run.result.run_id,
+             run.checkpoint_key, static_cast<int32_t>(run.result.steps.size()),
+             final, json_value{std::move(state)});
+}
+
 /// Ends the active run, answers its caller and starts the next queued one.
 void finish(agent_self self, run_status status, std::string answer,
             std::string error) {
@@ -383,6 +464,8 @@ void finish(agent_self self, run_status status, std::string answer,
   run.result.answer = std::move(answer);
   run.result.error = std::move(error);
   run.result.ended_ns = now_ns();
+  if (status != run_status::cancelled)
+    save_checkpoint(self, true);
   switch (status) {
     case run_status::complete:
       enter(self, agent_phase::complete);
@@ -433,6 +516,44 @@ std::string last_assistant_text(const active_run& run) {
   return {};
 }
 
+/// Goes on from a saved checkpoint (null: there is none): a completed run
+/// answers with its saved result, an unfinished one plans its next step; a
+/// run that ended otherwise (failed, halted...) starts afresh, as a retry of
+/// it would.
+void continue_from(agent_self self, const json& cp) {
+  auto& st = self->state;
+  auto& run = *st.run;
+  if (cp.is_object()) {
+    const auto& state = cp.value("state", json::object());
+    bool final = cp.value("final", false);
+    auto status = state.value("status", std::string{});
+    if (!final || status == "complete") {
+      try {
+        restore_state(run, state);
+        auto step = static_cast<int64_t>(run.result.steps.size());
+        st.trace.event(run.trace_id, run.run_span,
+                       final ? "run.replayed" : "run.resumed",
+                       [&] { return json{{"gen_ai.agent.name", st.label},
+                                         {"troupe.step", step}}; });
+        spdlog::info("agent {}: run {} {} from its checkpoint at step {}",
+                     st.label, run.result.run_id,
+                     final ? "answered" : "resumed", step);
+        if (final) {
+          run.replayed = true;
+          finish(self, run_status::complete, state.value("answer", ""), "");
+          return;
+        }
+      } catch (const std::exception& ex) {
+        spdlog::warn("agent {}: run {}: unreadable checkpoint ({}); starting "
+                     "from the first step",
+                     st.label, run.result.run_id, ex.what());
+      }
+    }
+  }
+  enter(self, agent_phase::planning);
+  plan(self);
+}
+
 void begin(agent_self self, run_task task,
            caf::typed_response_promise<run_result> promise) {
   auto& st = self->state;
@@ -479,8 +600,33 @@ void begin(agent_self self, run_task task,
   run.task_digest = troupe::task_digest(task.goal, task.context.value);
   run.task = std::move(task);
   run.promise = std::move(promise);
-  enter(self, agent_phase::planning);
-  plan(self);
+  if (!st.links.store) {
+    enter(self, agent_phase::planning);
+    plan(self);
+    return;
+  }
+  // Replicas and later incarnations of this agent make the same key for the
+  // same task of the same run.
+  run.checkpoint_key = st.spec.name + "/" + run.task_digest;
+  auto seq = run.seq;
+  self
+    ->request(st.links.store, checkpoint_timeout, st_ckpt_get_atom::value,
+              run.result.run_id, run.checkpoint_key)
+    .then(
+      [self, seq](json_value& found) {
+        if (self->state.run && self->state.run->seq == seq)
+          continue_from(self, found.value);
+      },
+      [self, seq](caf::error& err) {
+        auto& st = self->state;
+        if (!st.run || st.run->seq != seq)
+          return;
+        spdlog::warn("agent {}: run {}: no checkpoint lookup ({}); starting "
+                     "from the first step",
+                     st.label, st.run->result.run_id, error_text(err));
+        enter(self, agent_phase::planning);
+        plan(self);
+      });
 }
 
 void start_next(agent_self self) {
@@ -1140,6 +1286,7 @@ void ask_model(agent_self self);
 void plan(agent_self self) {
   auto& st = self->state;
   auto& run = *st.run;
+  save_checkpoint(self, false);
   if (run.task.budget.deadline_ms > 0 && now_ms() >= run.task.budget.deadline_ms) {
     finish(self, run_status::halted, last_assistant_text(run),
            "the run's deadline passed before step "

@@ -40,6 +40,7 @@
 #include <caf/fwd.hpp>
 
 #include "actors/budget.hpp"
+#include "actors/store_actor.hpp"
 #include "messages/approval.hpp"
 #include "messages/json_value.hpp"
 #include "messages/model.hpp"
@@ -178,6 +179,12 @@ struct agent_links {
   approval_gate_actor approvals;
   /// The model of confidence_routing::alternative_model, resolved.
   model_actor alternative;
+  /// Optional: the durable store. With one, the agent saves its run state
+  /// after every step and when the run ends (keyed by run id, agent name and
+  /// task), and a run that begins looks for a saved state first: it
+  /// continues an unfinished one from its last step, and answers a completed
+  /// one with the saved result (a resumed run, see runtime/run_service.hpp).
+  store_actor store;
 };
 
 /// A failed run_result for a run that never produced one of its own (the

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <stdexcept>
@@ -538,8 +539,20 @@ tool_definition journal_tool(std::string name, journal_settings settings) {
     std::mutex mtx;
     int32_t calls = 0;
     int32_t successes = 0;
+    /// Keys the file holds (dedupe_by_key).
+    std::set<std::string> keys;
   };
   auto state = std::make_shared<shared_state>();
+  if (settings.dedupe_by_key) {
+    std::ifstream in(settings.file);
+    std::string line;
+    while (std::getline(in, line)) {
+      auto rec = json::parse(line, nullptr, false);
+      // A torn last line (a process killed mid-write) holds no key.
+      if (rec.is_object() && rec.contains("key") && rec["key"].is_string())
+        state->keys.insert(rec["key"].get<std::string>());
+    }
+  }
   tool_definition def;
   def.name = std::move(name);
   def.description = settings.description.empty()
@@ -558,6 +571,9 @@ tool_definition journal_tool(std::string name, journal_settings settings) {
                              + std::to_string(state->calls) + " of the first "
                              + std::to_string(settings.fail_first)
                              + " that fail)");
+      if (settings.dedupe_by_key && !ctx.idempotency_key.empty()
+          && !state->keys.insert(ctx.idempotency_key).second)
+        return fill_template(settings.result, args);
       json line{{"tool", tool},
                 {"key", ctx.idempotency_key},
                 {"run_id", ctx.ref.run_id},

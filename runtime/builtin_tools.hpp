@@ -59,6 +59,12 @@ struct journal_settings {
   /// slow or hung remote system would), so a short timeout catches them.
   int32_t delay_first = 0;
   std::chrono::milliseconds delay{0};
+  /// Behave as an idempotent receiver: a call whose idempotency key the file
+  /// already holds (from this process or an earlier one) is answered without
+  /// a second line. That is how an external system that honours idempotency
+  /// keys closes the window between a side effect and its ledger record (a
+  /// process killed in between runs the call again on resume).
+  bool dedupe_by_key = false;
 };
 
 /// A "journal" tool named `name`: its side effect is one JSON line appended

@@ -11,6 +11,12 @@
 //               [--join H:P] [--swarm FILE] [--tls-cert/--tls-key/--tls-ca]
 //   troupe run --cluster H:P SWARM.json  run a swarm whose agents live on the
 //                                        cluster's nodes (/agents/N/nodes)
+//   troupe run --store FILE SWARM.json   a durable run: checkpoints, journal
+//                                        and ledger in a SQLite file
+//   troupe resume RUN_ID --store FILE    take a durable run up where it stopped
+//   troupe serve SWARM.json... [--listen H:P] [--store FILE] [--auth FILE]
+//                                        durable runs behind the HTTP API
+//                                        (docs/http-api.md)
 //
 // `troupe run --approvals HOST:PORT` serves the run's approval gate there;
 // `troupe approvals ... --connect HOST:PORT` reaches it. Both default to the
@@ -19,7 +25,8 @@
 // Exit codes: 0 the run completed (or the approvals command did its job);
 // 1 the run ended without completing (failed, halted, max_steps) or the gate
 // refused a decision (no such pending request); 2 bad usage or a bad swarm
-// file; 3 the approval gate could not be reached.
+// file; 3 the approval gate could not be reached (serve: the address could
+// not be bound). `troupe serve` and `troupe node` exit 0 after SIGINT/SIGTERM.
 
 #include <chrono>
 #include <cstdio>
@@ -43,6 +50,8 @@
 #include "runtime/runtime.hpp"
 #include "runtime/guardrail_lines.hpp"
 #include "runtime/node_main.hpp"
+#include "runtime/run_service.hpp"
+#include "runtime/serve_main.hpp"
 #include "runtime/swarm.hpp"
 #include "runtime/timeline.hpp"
 
@@ -332,6 +341,116 @@ int cmd_run(const std::string& swarm_path, const std::string& goal,
   return 0;
 }
 
+/// Prints a durable run's outcome as cmd_run does; returns the exit code.
+int report_stored(const troupe::stored_run& rec, bool quiet, bool as_json,
+                  const std::string& store_path) {
+  if (as_json)
+    std::cout << troupe::safe_dump(troupe::run_to_json(rec, true), 2) << "\n";
+  else if (!rec.answer.empty())
+    std::cout << rec.answer << "\n";
+  std::cout.flush();
+  if (!quiet)
+    std::cerr << "troupe: run " << rec.id << " " << rec.status << " in "
+              << rec.steps << " step(s), " << rec.input_tokens << " input + "
+              << rec.output_tokens << " output tokens"
+              << (rec.cost_nusd > 0
+                    ? ", $" + std::to_string(troupe::nusd_to_usd(rec.cost_nusd))
+                    : std::string{})
+              << ", attempt " << rec.attempts << ", kept in " << store_path
+              << "\n";
+  if (rec.status == "complete")
+    return 0;
+  if (!troupe::is_finished_status(rec.status)) {
+    std::cerr << "error: run " << rec.id << " is still " << rec.status
+              << ": resume it with `troupe resume " << rec.id << " --store "
+              << store_path << "`\n";
+    return exit_incomplete;
+  }
+  std::cerr << "error: run " << rec.id << " ended " << rec.status << ": "
+            << rec.error << "\n";
+  return exit_incomplete;
+}
+
+/// A run kept in a store (`troupe run --store`), or one resumed from it
+/// (`troupe resume`, `resume_id` set): it survives this process being
+/// killed, and `troupe resume ID --store FILE` takes it up again.
+int cmd_durable(const std::string& swarm_path, const std::string& goal,
+                const std::string& store_path, const std::string& run_id,
+                const std::string& resume_id, const std::string& trace_path,
+                bool quiet, bool as_json, int timeout_s, int max_steps) {
+  std::string path = swarm_path;
+  if (!resume_id.empty()) {
+    // The swarm comes from the run's record unless one is named.
+    try {
+      troupe::store_options so;
+      so.path = store_path;
+      troupe::store db{so};
+      auto rec = db.get_run(resume_id);
+      if (!rec) {
+        std::cerr << "error: " << store_path << " has no run '" << resume_id
+                  << "'\n";
+        return exit_bad_input;
+      }
+      if (troupe::is_finished_status(rec->status)) {
+        if (!quiet)
+          std::cerr << "troupe: run " << resume_id << " has already ended ("
+                    << rec->status << "); nothing to resume\n";
+        return report_stored(*rec, quiet, as_json, store_path);
+      }
+      if (path.empty())
+        path = rec->swarm_path;
+    } catch (const std::exception& ex) {
+      std::cerr << "error: " << ex.what() << "\n";
+      return exit_bad_input;
+    }
+  }
+  auto view = std::make_shared<progress_view>(troupe::now_ns());
+  troupe::timeline chart;
+  troupe::run_service_options so;
+  so.store.path = store_path;
+  so.resume_on_start = false;
+  so.max_concurrent_runs = 1;
+  so.run_timeout = std::chrono::seconds{timeout_s};
+  so.configure = [&](troupe::runtime_config& cfg,
+                     const troupe::swarm_definition&) {
+    cfg.trace_path = trace_path;
+    if (!quiet) {
+      cfg.trace_listeners.push_back([view](const json& rec) { (*view)(rec); });
+      cfg.trace_listeners.push_back(chart.listener());
+    }
+  };
+  std::unique_ptr<troupe::run_service> svc;
+  troupe::stored_run rec;
+  try {
+    svc = std::make_unique<troupe::run_service>(std::vector<std::string>{path},
+                                                so);
+    if (resume_id.empty()) {
+      troupe::run_submission sub;
+      sub.swarm = svc->swarms().front().name;
+      sub.goal = goal;
+      sub.principal = "cli";
+      sub.max_steps = max_steps;
+      sub.run_id = run_id;
+      rec = svc->submit(sub);
+    } else {
+      rec = svc->resume(resume_id);
+    }
+  } catch (const std::exception& ex) {
+    std::cerr << "error: " << ex.what() << "\n";
+    return exit_bad_input;
+  }
+  if (!quiet)
+    std::cerr << "troupe: " << (resume_id.empty() ? "running" : "resuming")
+              << " run " << rec.id << " of swarm '" << rec.swarm
+              << "' (kept in " << store_path << ")" << std::endl;
+  rec = svc->wait(rec.id, std::chrono::seconds{timeout_s}
+                            + std::chrono::seconds{5});
+  svc->shutdown();
+  if (!quiet)
+    std::cerr << "\n" << chart.render();
+  return report_stored(rec, quiet, as_json, store_path);
+}
+
 int cmd_validate(const std::string& swarm_path) {
   try {
     auto def = troupe::load_swarm(swarm_path);
@@ -503,6 +622,12 @@ int main(int argc, char** argv) {
                   "free port; the bound address is printed on stderr) so "
                   "`troupe approvals` can decide from another shell")
     ->envname("TROUPE_APPROVALS");
+  std::string store_path, run_id;
+  run->add_option("--store", store_path,
+                  "Keep the run in this SQLite file (checkpoints, journal, "
+                  "ledger): killed, it goes on with `troupe resume`");
+  run->add_option("--run-id", run_id,
+                  "The run's id (with --store; default: a fresh one)");
   std::string cluster;
   run->add_option("--cluster", cluster,
                   "Join the cluster through the node at HOST:PORT and place "
@@ -557,6 +682,68 @@ int main(int argc, char** argv) {
   node->add_option("-t,--trace", node_cmd.trace_path,
                    "Append this node's own trace (JSONL) to FILE");
   tls_options(node);
+
+  auto* resume = app.add_subcommand(
+    "resume", "Take up a run kept in a store (troupe run --store) where it "
+              "stopped, and wait for its end");
+  std::string resume_id, resume_store = "troupe-runs.db", resume_swarm;
+  resume->add_option("run_id", resume_id, "The run's id")->required();
+  resume->add_option("--store", resume_store,
+                     "The store file (default troupe-runs.db)");
+  resume->add_option("--swarm", resume_swarm,
+                     "The swarm file (default: the one the run was started "
+                     "with)");
+  resume->add_option("-t,--trace", trace_path,
+                     "Append the run's trace (JSONL) to FILE");
+  resume->add_flag("-q,--quiet", quiet, "No progress lines on stderr");
+  resume->add_flag("--json", as_json, "Print the run's record as JSON");
+  resume->add_option("--timeout", timeout_s, "Give up after SECONDS")
+    ->check(CLI::Range(1, 86400));
+  auto* serve = app.add_subcommand(
+    "serve", "Serve durable runs of swarm files over HTTP (docs/http-api.md) "
+             "until SIGINT or SIGTERM");
+  troupe::serve_command serve_cmd;
+  int serve_timeout_s = 600;
+  size_t serve_max_body = 0;
+  double serve_rate = 0, serve_burst = 0;
+  bool serve_no_resume = false;
+  serve->add_option("swarms", serve_cmd.swarms,
+                    "The swarm files runs can be submitted to")
+    ->required();
+  serve->add_option("--listen", serve_cmd.listen,
+                    "HOST:PORT to serve on (default 127.0.0.1:8080; port 0 = "
+                    "any free port, printed on stderr)");
+  serve->add_option("--store", serve_cmd.store,
+                    "The SQLite file of runs (default troupe-runs.db)");
+  serve->add_option("--auth", serve_cmd.auth,
+                    "Bearer tokens and their roles (JSON); without it every "
+                    "route is open and only loopback addresses are served");
+  serve->add_option("--max-runs", serve_cmd.max_runs,
+                    "Runs at once; more wait queued (default 8)")
+    ->check(CLI::Range(1, 10000));
+  auto* serve_timeout_opt =
+    serve->add_option("--run-timeout", serve_timeout_s,
+                      "A run taking longer than SECONDS fails (default 600)")
+      ->check(CLI::Range(1, 7 * 86400));
+  auto* serve_max_body_opt =
+    serve->add_option("--max-body", serve_max_body,
+                      "Largest request body in BYTES (default 1048576)")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 30));
+  auto* serve_rate_opt =
+    serve->add_option("--rate", serve_rate,
+                      "Requests per second per token or client address "
+                      "(default 50)")
+      ->check(CLI::Range(0.001, 1e6));
+  auto* serve_burst_opt =
+    serve->add_option("--burst", serve_burst,
+                      "Requests allowed at once above the rate (default 100)")
+      ->check(CLI::Range(1.0, 1e6));
+  serve->add_option("-t,--trace", serve_cmd.trace_path,
+                    "Append every run's trace (JSONL) to FILE");
+  serve->add_option("--otlp", serve_cmd.otlp_url,
+                    "Export traces to this OTLP/HTTP endpoint");
+  serve->add_flag("--no-resume", serve_no_resume,
+                  "Leave the store's unfinished runs as they are at start");
 
   auto* validate = app.add_subcommand(
     "validate", "Check a swarm file and the scripts it names, then exit");
@@ -621,6 +808,23 @@ int main(int argc, char** argv) {
     }
     tls.passphrase = pass;
   }
+  if (*run && !store_path.empty()) {
+    if (!cluster.empty() || !serve_approvals.empty()) {
+      std::cerr << "error: --store runs in this process: it does not go with "
+                   "--cluster or --approvals (troupe serve offers approvals "
+                   "over HTTP)\n";
+      return exit_bad_input;
+    }
+    return cmd_durable(swarm_path, goal, store_path, run_id, "", trace_path,
+                       quiet, as_json, timeout_s, max_steps);
+  }
+  if (*run && !run_id.empty()) {
+    std::cerr << "error: --run-id needs --store\n";
+    return exit_bad_input;
+  }
+  if (*resume)
+    return cmd_durable(resume_swarm, "", resume_store, "", resume_id,
+                       trace_path, quiet, as_json, timeout_s, 0);
   if (*run)
     return cmd_run(swarm_path, goal, trace_path, quiet, as_json, timeout_s,
                    max_steps, serve_approvals, cluster, tls);
@@ -630,6 +834,18 @@ int main(int argc, char** argv) {
     node_cmd.heartbeat_timeout = std::chrono::milliseconds{heartbeat_timeout_ms};
     node_cmd.join_timeout = std::chrono::seconds{join_timeout_s};
     return troupe::run_node(node_cmd, std::cerr);
+  }
+  if (*serve) {
+    if (*serve_timeout_opt)
+      serve_cmd.run_timeout = std::chrono::seconds{serve_timeout_s};
+    if (*serve_max_body_opt)
+      serve_cmd.max_body = serve_max_body;
+    if (*serve_rate_opt)
+      serve_cmd.rate = serve_rate;
+    if (*serve_burst_opt)
+      serve_cmd.burst = serve_burst;
+    serve_cmd.resume = !serve_no_resume;
+    return troupe::run_serve(serve_cmd, std::cerr);
   }
   if (*apr_list)
     return cmd_approvals_list(connect, approvals_timeout_s);

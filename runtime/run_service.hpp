@@ -82,6 +82,10 @@ struct run_service_options {
   std::function<void(runtime_config&, const swarm_definition&)> configure;
   /// Called with each swarm's runtime once it runs (register extra tools).
   std::function<void(runtime&, const swarm_definition&)> setup;
+  /// Called with a run's record each time its status changes, and the
+  /// status it had ("" for a new run): metrics. On a service thread; keep it
+  /// short.
+  std::function<void(const stored_run&, const std::string& from)> on_status;
 };
 
 /// What a client asks for.
@@ -104,8 +108,9 @@ struct run_submission {
 };
 
 /// A submission from its JSON form ({"swarm", "goal", "principal",
-/// "priority", "budget": {"max_steps", "max_tokens", "max_cost_usd",
-/// "deadline_ms"}, "max_steps", "context", "timeout_ms", "run_id"}). Throws
+/// "priority", "budget": {"max_steps", "max_input_tokens",
+/// "max_output_tokens", "max_cost_usd", "deadline_ms"}, "max_steps",
+/// "context", "timeout_ms", "run_id"}). Throws
 /// std::invalid_argument naming the field that is missing, of the wrong type
 /// or out of range, and any field it does not know.
 run_submission submission_from_json(const json& doc);
@@ -115,6 +120,10 @@ run_submission submission_from_json(const json& doc);
 /// created_ms, started_ms, ended_ms, and with `with_result` the whole
 /// run_result.
 json run_to_json(const stored_run& run, bool with_result = false);
+
+/// An approval request as the API shows it: id, run_id, agent, action, args,
+/// reason, created_ms, expires_ms.
+json approval_to_json(const approval_request& req);
 
 /// One swarm the service offers.
 struct swarm_entry {

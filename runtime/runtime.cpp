@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "actors/http_model.hpp"
+#include "actors/journaled_model.hpp"
 #include "actors/model_gateway.hpp"
 #include "actors/scripted_model.hpp"
 #include "actors/tool_adapter.hpp"
@@ -90,8 +91,14 @@ runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
     throw;
   }
   own(budget_.address());
-  ledger_ = spawn_ledger(*sys_, cfg_.ledger);
-  own(ledger_.address());
+  if (cfg_.store) {
+    store_ = spawn_store_actor(*sys_, cfg_.store, cfg_.store_events);
+    own(store_.address());
+    ledger_ = store_;
+  } else {
+    ledger_ = spawn_ledger(*sys_, cfg_.ledger);
+    own(ledger_.address());
+  }
   approvals_ = spawn_approval_gate(*sys_, cfg_.approvals, tracer_);
   own(approvals_.address());
   prices_ = std::make_shared<const price_table>(cfg_.prices);
@@ -291,7 +298,7 @@ agent_links runtime::resolve(agent_spec& spec,
                                   "runtime_config::default_model)");
   agent_links links;
   try {
-    links.model = model(spec.model);
+    links.model = journaled(spec.model, model(spec.model));
   } catch (const std::invalid_argument& ex) {
     throw std::invalid_argument("agent '" + spec.name + "': " + ex.what());
   }
@@ -336,9 +343,11 @@ agent_links runtime::resolve(agent_spec& spec,
     links.rules = policy_;
   }
   links.approvals = approvals_;
+  links.store = store_;
   if (spec.confidence.enabled && !spec.confidence.alternative_model.empty()) {
     try {
-      links.alternative = model(spec.confidence.alternative_model);
+      links.alternative = journaled(spec.confidence.alternative_model,
+                                    model(spec.confidence.alternative_model));
     } catch (const std::invalid_argument& ex) {
       throw std::invalid_argument("agent '" + spec.name
                                   + "': alternative model: " + ex.what());
@@ -572,6 +581,26 @@ ledger_actor runtime::ledger() const {
   return ledger_;
 }
 
+store_actor runtime::store() const {
+  return store_;
+}
+
+model_actor runtime::journaled(const std::string& name, model_actor model) {
+  if (!store_)
+    return model;
+  model_actor made;
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    auto& entry = journaled_[name];
+    if (entry)
+      return entry;
+    entry = made = spawn_journaled_model(*sys_, std::move(model), store_,
+                                         tracer_);
+  }
+  own(made.address()); // locks mtx_ itself
+  return made;
+}
+
 void runtime::set_policy(troupe::policy p) {
   compile(p);
   auto shared = std::make_shared<const troupe::policy>(std::move(p));
@@ -645,6 +674,14 @@ void runtime::shutdown() {
     caf::anon_send_exit(t, caf::exit_reason::user_shutdown);
     std::lock_guard<std::mutex> guard{mtx_};
     tracer_ = nullptr;
+  }
+  {
+    // A detached actor's thread (the store's) ends only once no handle to
+    // it is left, and the actor system waits for that thread.
+    std::lock_guard<std::mutex> guard{mtx_};
+    journaled_.clear();
+    store_ = nullptr;
+    ledger_ = nullptr;
   }
   if (blocking_)
     blocking_->stop(cfg_.shutdown_grace);

@@ -96,6 +96,16 @@ struct runtime_config {
   /// TLS between nodes: when set, this runtime listens and dials peers only
   /// over TLS, and refuses peers whose certificate the CA did not sign.
   cluster_tls tls;
+  /// The durable store (runtime/store.hpp), shared by every runtime that
+  /// names it. With one, the idempotency ledger is the store's (completed
+  /// tool calls survive the process), agents save their run state after
+  /// every step and look for it when a run begins, and model replies are
+  /// journaled, so a run resumed under its old id pays for no reply twice
+  /// (see runtime/run_service.hpp).
+  std::shared_ptr<troupe::store> store;
+  /// Called (on the store actor's thread) with each event appended through
+  /// the store actor.
+  store_event_fn store_events;
 };
 
 /// Per-run settings.
@@ -227,6 +237,9 @@ public:
   /// The idempotency ledger tool adapters record completed calls in.
   ledger_actor ledger() const;
 
+  /// The store actor; an empty handle without runtime_config::store.
+  store_actor store() const;
+
   /// Replaces the policy for agents spawned from now on (compiled here;
   /// throws policy_error when it is wrong).
   void set_policy(troupe::policy p);
@@ -349,6 +362,10 @@ private:
   /// fallback chain and cache (made once per name).
   model_actor endpoint(const std::string& name);
 
+  /// The model of a name behind the store's journal (once per name); the
+  /// model itself without a store.
+  model_actor journaled(const std::string& name, model_actor model);
+
   runtime_config cfg_;
   tool_registry tools_;
   std::unique_ptr<caf::actor_system_config> sys_cfg_;
@@ -358,6 +375,7 @@ private:
   tracer_actor tracer_;
   budget_actor budget_;
   ledger_actor ledger_;
+  store_actor store_;
   approval_gate_actor approvals_;
   std::shared_ptr<const price_table> prices_;
   std::shared_ptr<const troupe::policy> policy_;
@@ -365,6 +383,8 @@ private:
   std::map<std::string, model_actor> models_;
   /// Limited endpoints by name (members of fallback chains among them).
   std::map<std::string, model_actor> endpoints_;
+  /// Models behind the journal, by name.
+  std::map<std::string, model_actor> journaled_;
   std::shared_ptr<http_client> http_;
   std::map<std::string, tool_actor> adapters_;
   /// Breakers by tool name and version ("name@1.0.0").

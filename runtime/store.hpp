@@ -42,6 +42,10 @@ struct sqlite3;
 
 namespace troupe {
 
+namespace detail {
+struct store_statements;
+} // namespace detail
+
 /// A store that cannot be opened, migrated, read or written; what() names
 /// the file and SQLite's reason.
 class store_error : public std::runtime_error {
@@ -141,9 +145,12 @@ public:
   /// The schema version this build writes.
   static constexpr int schema_version = 2;
 
-  /// Opens (creating when missing) and migrates the file. Throws store_error
-  /// naming the file: it cannot be opened, it is not a troupe store, it is
-  /// of a newer version, a migration failed (the file is left as it was).
+  /// Opens (creating it and its folder when missing) and migrates the file.
+  /// Throws store_error naming the file: it cannot be opened, it is not a
+  /// troupe store, it is of a newer version, a migration failed (the file is
+  /// left as it was: every pending step runs in one transaction). Options
+  /// out of range (an empty path, negative durations) are an
+  /// std::invalid_argument naming the field.
   explicit store(store_options opts);
 
   store(const store&) = delete;
@@ -171,7 +178,9 @@ public:
 
   /// Runs newest first (by created_ms, then id), `limit` (1..1000) at a
   /// time, only those of `status` when it is not empty. Throws
-  /// std::invalid_argument for a cursor this store did not make.
+  /// std::invalid_argument for a limit out of range, or a cursor this store
+  /// did not make or made for another `status`. Pages are keyset-based: runs
+  /// added after the first page do not shift the next ones.
   run_page list_runs(const std::string& status, int64_t limit,
                      const std::string& cursor = "");
 
@@ -222,6 +231,7 @@ public:
     const std::vector<std::pair<std::string, json>>& events);
 
   /// Events of a run numbered above `after`, in order, at most `limit`.
+  /// Throws std::invalid_argument for a negative `after` or a limit below 1.
   std::vector<stored_event> events_after(const std::string& run_id,
                                          int64_t after, int64_t limit = 1000);
 
@@ -233,13 +243,19 @@ public:
   compaction_stats compact(int64_t now_ms);
 
   /// Compacts one finished run's checkpoints to the last one per key;
-  /// returns how many it removed.
+  /// returns how many it removed (0 for a run that is unknown or has not
+  /// finished: its checkpoints are left alone).
   int64_t compact_run(const std::string& run_id);
 
 private:
+  /// Finalizes the statements and closes the connection (idempotent).
+  void close() noexcept;
+
   store_options opts_;
   std::mutex mtx_;
   sqlite3* db_ = nullptr;
+  /// Prepared statements by SQL text, made on first use.
+  std::unique_ptr<detail::store_statements> stmts_;
 };
 
 } // namespace troupe

@@ -389,7 +389,7 @@ tool_declaration parse_tool(const std::string& name, const json& doc,
   } else if (t.kind == "journal") {
     r.only({"kind", "description", "file", "parameters", "result",
             "fail_first", "failure", "delay_first", "delay_ms", "timeout_ms",
-            "retry", "breaker", "limits", "idempotency"});
+            "retry", "breaker", "limits", "idempotency", "dedupe_by_key"});
     // Relative to the working directory: a run never writes into the
     // swarm's own folder.
     t.settings = {{"description", r.str("description", false)},
@@ -397,7 +397,8 @@ tool_declaration parse_tool(const std::string& name, const json& doc,
                   {"result", r.str("result", false, "done")},
                   {"fail_first", r.integer("fail_first", 0, 0, 1000000)},
                   {"delay_first", r.integer("delay_first", 0, 0, 1000000)},
-                  {"delay_ms", r.integer("delay_ms", 0, 0, 600000)}};
+                  {"delay_ms", r.integer("delay_ms", 0, 0, 600000)},
+                  {"dedupe_by_key", boolean(r, "dedupe_by_key", false)}};
     auto failure = enum_value(r, "failure", tool_error_kind::transient);
     if (failure != tool_error_kind::transient
         && failure != tool_error_kind::permanent)
@@ -959,6 +960,7 @@ tool_definition tool_of(const tool_declaration& decl) {
     js.failure = set.at("failure").get<tool_error_kind>();
     js.delay_first = set.at("delay_first").get<int32_t>();
     js.delay = std::chrono::milliseconds{set.at("delay_ms").get<int64_t>()};
+    js.dedupe_by_key = set.value("dedupe_by_key", false);
     if (set.contains("parameters"))
       js.parameters = set.at("parameters");
     def = journal_tool(decl.name, std::move(js));

@@ -16,6 +16,7 @@ packages=(
   prometheus-cpp-dev     # metrics
   prometheus             # promtool: the tests lint the /metrics output with it
   libcli11-dev           # the troupe command line
+  chromium               # headless browser of the dashboard's end-to-end test (tests/e2e/dashboard)
 )
 
 # node and npm run the interop test's mock LLM server (tests/interop/mock-llm,

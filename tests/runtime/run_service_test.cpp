@@ -1,0 +1,266 @@
+// The run service in one process: durable runs of a real swarm (a pipeline
+// whose clerk records each item in a journal file, the side effect) kept in a
+// real SQLite store, resumed by a second service on the same store.
+
+#include <catch2/catch.hpp>
+
+#include <condition_variable>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "runtime/run_service.hpp"
+#include "runtime/runtime.hpp"
+#include "tests/support/durable_swarm.hpp"
+#include "tests/support/file_watch.hpp"
+#include "tests/support/paths.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/temp_dir.hpp"
+
+using namespace troupe;
+using troupe::test::temp_dir;
+
+namespace {
+
+/// The journal's lines by idempotency key.
+std::map<std::string, int> side_effects(const temp_dir& dir) {
+  std::map<std::string, int> keys;
+  std::ifstream in{dir.file("side-effects.jsonl")};
+  std::string line;
+  while (std::getline(in, line))
+    if (!line.empty())
+      ++keys[json::parse(line).at("key").get<std::string>()];
+  return keys;
+}
+
+run_service_options options(const temp_dir& dir) {
+  run_service_options opts;
+  opts.store.path = dir.file("runs.db");
+  return opts;
+}
+
+run_submission item(const std::string& name) {
+  run_submission sub;
+  sub.swarm = "durable";
+  sub.goal = "Please record item " + name;
+  return sub;
+}
+
+/// Collects a run's events as a subscriber gets them.
+struct collector {
+  std::mutex mtx;
+  std::condition_variable cv;
+  std::vector<std::pair<int64_t, json>> events;
+  bool ended = false;
+
+  run_service::event_fn fn() {
+    return [this](int64_t seq, const json& data) {
+      std::lock_guard<std::mutex> guard{mtx};
+      events.emplace_back(seq, data);
+      if (data.value("type", "") == "status"
+          && is_finished_status(data.value("status", "")))
+        ended = true;
+      cv.notify_all();
+    };
+  }
+
+  bool wait_end(std::chrono::seconds limit) {
+    std::unique_lock<std::mutex> lock{mtx};
+    return cv.wait_for(lock, limit, [this] { return ended; });
+  }
+};
+
+} // namespace
+
+TEST_CASE("durable runs complete, are recorded and keep one checkpoint per agent",
+          "[run-service][durable]") {
+  temp_dir dir;
+  auto swarm = test::write_durable_swarm(dir);
+  run_service svc({swarm}, options(dir));
+  REQUIRE(svc.swarms().size() == 1);
+  CHECK(svc.swarms()[0].name == "durable");
+  std::vector<std::string> ids;
+  for (auto name : {"apple", "pear", "fig"})
+    ids.push_back(svc.submit(item(name)).id);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto rec = svc.wait(ids[i], std::chrono::seconds{30});
+    REQUIRE(rec.status == "complete");
+    CHECK(rec.attempts == 1);
+    CHECK(rec.input_tokens == 40 + 60 + 30);
+    CHECK(rec.output_tokens == 12 + 8 + 6);
+    CHECK(rec.result.at("status") == "complete");
+    CHECK(rec.started_ms >= rec.created_ms);
+    CHECK(rec.ended_ms >= rec.started_ms);
+    // Compacted: the last checkpoint of each agent's run (clerk, reviewer).
+    CHECK(svc.db().count_checkpoints(ids[i]) == 2);
+    // Three model replies journaled.
+    CHECK(svc.db().count_journal(ids[i]) == 3);
+  }
+  CHECK(svc.get(ids[0])->answer
+        == "Reviewed: recorded item apple, signed off.");
+  CHECK(svc.get(ids[2])->answer == "Reviewed: recorded item fig, signed off.");
+  auto effects = side_effects(dir);
+  CHECK(effects.size() == 3);
+  for (const auto& [key, n] : effects)
+    CHECK(n == 1);
+
+  // The trace of a run holds its spans, and only its own.
+  auto trace = svc.trace(ids[1]);
+  std::set<std::string> names;
+  for (const auto& rec : trace) {
+    CHECK(rec.at("trace_id") == svc.get(ids[1])->trace_id);
+    if (rec.at("type") == "span")
+      names.insert(rec.at("name").get<std::string>());
+  }
+  CHECK(names.count("invoke_agent clerk") == 1);
+  CHECK(names.count("invoke_agent reviewer") == 1);
+  CHECK(names.count("execute_tool record_item") == 1);
+
+  auto page = svc.list("complete", 2);
+  CHECK(page.total == 3);
+  CHECK(page.runs.size() == 2);
+  CHECK_FALSE(page.next_cursor.empty());
+}
+
+TEST_CASE("a run's events replay from any number and then follow live",
+          "[run-service][durable]") {
+  temp_dir dir;
+  run_service svc({test::write_durable_swarm(dir)}, options(dir));
+  auto id = svc.submit(item("plum")).id;
+  collector live;
+  auto token = svc.subscribe(id, 0, live.fn());
+  REQUIRE(live.wait_end(std::chrono::seconds{30}));
+  svc.unsubscribe(token);
+  std::vector<std::pair<int64_t, json>> all;
+  {
+    std::lock_guard<std::mutex> guard{live.mtx};
+    all = live.events;
+  }
+  // Numbered 1..N without gaps, queued first and the final status last.
+  REQUIRE(all.size() > 5);
+  for (size_t i = 0; i < all.size(); ++i)
+    CHECK(all[i].first == static_cast<int64_t>(i + 1));
+  CHECK(all.front().second.at("status") == "queued");
+  CHECK(all.back().second.at("status") == "complete");
+  CHECK(all.back().second.at("answer")
+        == "Reviewed: recorded item plum, signed off.");
+  // Every span of the run was streamed before the final status.
+  size_t streamed = 0, traced = 0;
+  for (const auto& [seq, data] : all)
+    if (data.at("type") == "trace" && data.at("record").at("type") == "span")
+      ++streamed;
+  for (const auto& rec : svc.trace(id))
+    if (rec.at("type") == "span")
+      ++traced;
+  CHECK(traced >= 5);
+  CHECK(streamed == traced);
+
+  // Resuming after event k gives exactly the events after k.
+  int64_t k = static_cast<int64_t>(all.size()) / 2;
+  collector later;
+  auto again = svc.subscribe(id, k, later.fn());
+  REQUIRE(later.wait_end(std::chrono::seconds{5}));
+  svc.unsubscribe(again);
+  std::lock_guard<std::mutex> guard{later.mtx};
+  REQUIRE(later.events.size() == all.size() - static_cast<size_t>(k));
+  for (size_t i = 0; i < later.events.size(); ++i) {
+    CHECK(later.events[i].first == all[k + i].first);
+    CHECK(later.events[i].second == all[k + i].second);
+  }
+}
+
+TEST_CASE("a run left unfinished by its service resumes in the next one with "
+          "no side effect twice",
+          "[run-service][durable]") {
+  temp_dir dir;
+  auto swarm = test::write_durable_swarm(dir);
+  std::string id;
+  {
+    auto opts = options(dir);
+    run_service first({swarm}, opts);
+    id = first.submit(item("kiwi")).id;
+    // Stop the first service once the side effect has happened, before the
+    // run has ended (the reviewer's reply takes 15 ms more at least).
+    REQUIRE(test::wait_until(
+      {dir.path().string()},
+      [&] { return side_effects(dir).size() == 1; },
+      std::chrono::seconds{30}));
+    first.shutdown();
+  }
+  store_options so;
+  so.path = dir.file("runs.db");
+  {
+    store peek{so};
+    auto rec = peek.get_run(id);
+    REQUIRE(rec);
+    if (rec->status == "complete")
+      WARN("the run ended before the service stopped: nothing was resumed");
+  }
+  run_service second({swarm}, options(dir));
+  auto rec = second.wait(id, std::chrono::seconds{30});
+  REQUIRE(rec.status == "complete");
+  CHECK(rec.answer == "Reviewed: recorded item kiwi, signed off.");
+  auto effects = side_effects(dir);
+  REQUIRE(effects.size() == 1);
+  CHECK(effects.begin()->second == 1);
+  if (rec.attempts == 2) {
+    // The resumed attempt took the clerk's finished part from the store.
+    bool replayed = false;
+    for (const auto& r : second.trace(id))
+      if (r.at("type") == "event"
+          && (r.at("name") == "run.replayed" || r.at("name") == "run.resumed"
+              || r.at("name") == "model.replayed"))
+        replayed = true;
+    CHECK(replayed);
+  }
+}
+
+TEST_CASE("submissions are checked field by field", "[run-service]") {
+  CHECK_THROWS_WITH(submission_from_json(json::array()),
+                    Catch::Contains("must be a JSON object"));
+  CHECK_THROWS_WITH(submission_from_json(json{{"goal", "x"}}),
+                    Catch::Contains("swarm is missing"));
+  CHECK_THROWS_WITH(submission_from_json(json{{"swarm", "s"}}),
+                    Catch::Contains("goal is missing"));
+  CHECK_THROWS_WITH(submission_from_json(json{{"swarm", "s"}, {"goal", 3}}),
+                    Catch::Contains("goal must be a string"));
+  CHECK_THROWS_WITH(
+    submission_from_json(json{{"swarm", "s"}, {"goal", "g"}, {"colour", 1}}),
+    Catch::Contains("unknown field 'colour'"));
+  CHECK_THROWS_WITH(submission_from_json(json{{"swarm", "s"},
+                                              {"goal", "g"},
+                                              {"budget", {{"max_steps", -1}}}}),
+                    Catch::Contains("budget.max_steps must be from 0"));
+  CHECK_THROWS_WITH(submission_from_json(json{{"swarm", "s"},
+                                              {"goal", "g"},
+                                              {"budget", {{"tokens", 1}}}}),
+                    Catch::Contains("unknown field 'budget.tokens'"));
+  CHECK_THROWS_WITH(
+    submission_from_json(json{{"swarm", "s"}, {"goal", "g"}, {"run_id", "a b"}}),
+    Catch::Contains("run_id 'a b'"));
+  auto sub = submission_from_json(json{{"swarm", "s"},
+                                       {"goal", "g"},
+                                       {"priority", 3},
+                                       {"budget", {{"max_cost_usd", 0.5}}},
+                                       {"context", {{"k", 1}}}});
+  CHECK(sub.priority == 3);
+  CHECK(sub.budget.max_cost_usd == 0.5);
+  CHECK(sub.context.at("k") == 1);
+
+  temp_dir dir;
+  run_service svc({test::write_durable_swarm(dir)}, options(dir));
+  auto bad = item("x");
+  bad.swarm = "nope";
+  CHECK_THROWS_WITH(svc.submit(bad), Catch::Contains("unknown swarm 'nope'")
+                                       && Catch::Contains("durable"));
+  auto taken = item("x");
+  taken.run_id = "mine-1";
+  svc.submit(taken);
+  CHECK_THROWS_AS(svc.submit(taken), conflict_error);
+  CHECK_THROWS_AS(svc.cancel("nobody", "test"), not_found_error);
+  svc.wait("mine-1", std::chrono::seconds{30});
+  CHECK_THROWS_AS(svc.cancel("mine-1", "test"), conflict_error);
+}

@@ -1,0 +1,142 @@
+// `troupe serve` as a user runs it: the real CLI binary as a child process on
+// an ephemeral port, driven over HTTP, stopped with SIGTERM.
+
+#include "runtime/serve_main.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <fstream>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <boost/asio/ip/tcp.hpp>
+
+#include "messages/json_value.hpp"
+#include "support/api_client.hpp"
+#include "support/child_process.hpp"
+#include "support/paths.hpp"
+#include "support/temp_dir.hpp"
+
+using namespace troupe;
+using namespace troupe::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string support_swarm() {
+  return source_dir() + "/examples/support/support.swarm.json";
+}
+
+const std::regex listening{R"(serve: listening on http://127\.0\.0\.1:(\d+))"};
+
+} // namespace
+
+TEST_CASE("troupe serve: runs submitted over HTTP complete; SIGTERM stops it "
+          "cleanly",
+          "[serve]") {
+  temp_dir dir;
+  const std::string token = "operator-token-0123456789";
+  auto auth = dir.write(
+    "auth.json",
+    json{{"tokens",
+          {{{"name", "ops"}, {"token", token}, {"roles", {"operator"}}}}}}
+      .dump());
+  auto trace = dir.file("trace.jsonl");
+  child_process child{{cli_path(), "serve", support_swarm(), "--listen",
+                       "127.0.0.1:0", "--store", dir.file("runs.db"), "--auth",
+                       auth, "--trace", trace},
+                      dir.path().string(), dir.file("out.txt")};
+  REQUIRE(child.started());
+  auto m = child.wait_for_line(listening, 60s);
+  INFO(child.err());
+  REQUIRE(m.size() == 2);
+  auto port = static_cast<uint16_t>(std::stoi(m[1]));
+
+  CHECK(api_get(port, "/healthz").status == 200);
+  CHECK(api_get(port, "/v1/runs").status == 401);
+  auto sub = api_post(port, "/v1/runs",
+                      {{"swarm", "support-desk"},
+                       {"goal", "A customer asks: what is your refund policy, "
+                                "and how much is 15% of 240 EUR?"}},
+                      token);
+  REQUIRE(sub.status == 202);
+  auto id = sub.json()["id"].get<std::string>();
+  api_request events;
+  events.target = "/v1/runs/" + id + "/events";
+  events.token = token;
+  sse_stream s{port, events};
+  REQUIRE(s.status() == 200);
+  auto frames = s.rest(60s);
+  CHECK(s.ended());
+  REQUIRE(!frames.empty());
+  CHECK(json::parse(frames.back().data)["status"] == "complete");
+  auto run = api_get(port, "/v1/runs/" + id, token).json();
+  CHECK(run["status"] == "complete");
+  CHECK(run["answer"].get<std::string>().find("36") != std::string::npos);
+
+  CHECK(child.stop(30s) == 0);
+  CHECK(child.err().find("serve: stopping (SIGTERM)") != std::string::npos);
+  // The trace file got the run's spans, whole lines of JSON each.
+  std::ifstream in{trace};
+  int spans = 0;
+  for (std::string line; std::getline(in, line);) {
+    auto rec = json::parse(line, nullptr, false);
+    REQUIRE(rec.is_object());
+    if (rec.value("trace_id", "") == run["trace_id"].get<std::string>())
+      ++spans;
+  }
+  CHECK(spans > 0);
+}
+
+TEST_CASE("troupe serve: bad options exit 2, a taken port 3", "[serve]") {
+  temp_dir dir;
+  auto run = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), {cli_path(), "serve"});
+    child_process child{args, dir.path().string(), dir.file("out.txt")};
+    REQUIRE(child.started());
+    auto code = child.wait_exit(60s);
+    return std::make_pair(code, child.err());
+  };
+  SECTION("a missing swarm file") {
+    auto [code, err] = run({dir.file("nope.swarm.json"), "--store",
+                            dir.file("runs.db"), "--listen", "127.0.0.1:0"});
+    CHECK(code == 2);
+    CHECK(err.find("nope.swarm.json") != std::string::npos);
+  }
+  SECTION("an open API on a non-loopback address") {
+    auto [code, err] = run({support_swarm(), "--store", dir.file("runs.db"),
+                            "--listen", "0.0.0.0:0"});
+    CHECK(code == 2);
+    CHECK(err.find("without an auth file") != std::string::npos);
+  }
+  SECTION("a bad auth file") {
+    auto auth = dir.write("auth.json", R"({"tokens": [{"name": "a", "token": "short", "roles": ["viewer"]}]})");
+    auto [code, err] = run({support_swarm(), "--store", dir.file("runs.db"),
+                            "--listen", "127.0.0.1:0", "--auth", auth});
+    CHECK(code == 2);
+    CHECK(err.find("auth.json") != std::string::npos);
+    CHECK(err.find("at least 16 characters") != std::string::npos);
+  }
+  SECTION("a limit both on the command line and in the auth file") {
+    auto auth = dir.write(
+      "auth.json",
+      R"({"tokens": [{"name": "a", "token": "0123456789abcdef", "roles": ["viewer"]}], "limits": {"burst": 5}})");
+    auto [code, err] = run({support_swarm(), "--store", dir.file("runs.db"),
+                            "--listen", "127.0.0.1:0", "--auth", auth,
+                            "--burst", "7"});
+    CHECK(code == 2);
+    CHECK(err.find("--burst") != std::string::npos);
+  }
+  SECTION("a port another socket holds") {
+    boost::asio::io_context ioc;
+    boost::asio::ip::tcp::acceptor holder{
+      ioc, {boost::asio::ip::make_address("127.0.0.1"), 0}};
+    auto port = std::to_string(holder.local_endpoint().port());
+    auto [code, err] = run({support_swarm(), "--store", dir.file("runs.db"),
+                            "--listen", "127.0.0.1:" + port});
+    CHECK(code == 3);
+    CHECK(err.find("127.0.0.1:" + port) != std::string::npos);
+  }
+}
