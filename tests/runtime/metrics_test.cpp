@@ -742,10 +742,12 @@ SCENARIO("promtool accepts the exposition and finds nothing to lint",
     event("model.fallback", {{"troupe.model.failed", "m"}});
     event("model.cache_hit", {{"gen_ai.request.model", "m"}});
     event("tool.rejected", {{"error.type", "unknown_tool"}});
-    event("tool.retry", {{"gen_ai.tool.name", "odd \"name\" \\ here\n"}});
+    // Printable, so kept: its quotes and backslash are escaped.
+    event("tool.retry", {{"gen_ai.tool.name", "odd \"name\" \\ here"}});
     event("limiter.wait", {{"gen_ai.request.model", "m"}, {"troupe.wait_ms", 12}});
     m.observe(json(nullptr));
     auto text = m.render();
+    CHECK_THAT(text, Catch::Contains(R"(tool="odd \"name\" \\ here")"));
     THEN("every family in it has samples, so promtool sees each one") {
       auto s = parse(text);
       std::istringstream in{text};
