@@ -497,6 +497,17 @@ void finish(agent_self self, run_status status, std::string answer,
   start_next(self);
 }
 
+/// Traces a refusal by the run's own limits, as the budget actor traces its
+/// own (see actors/budget.hpp).
+void trace_budget_denied(const agent_state& st, const active_run& run,
+                         const char* limit, const std::string& reason) {
+  st.trace.event(run.trace_id, run.run_span, "budget.denied",
+                 [&] { return json{{"gen_ai.agent.name", st.label},
+                      {"troupe.budget.account", run.result.run_id},
+                      {"troupe.budget.limit", limit},
+                      {"troupe.budget.reason", reason}}; });
+}
+
 /// The last thing the model said, for a run that ends without a final answer.
 std::string last_assistant_text(const active_run& run) {
   for (auto i = run.messages.rbegin(); i != run.messages.rend(); ++i)
@@ -867,24 +878,30 @@ void on_reply(agent_self self, const std::string& model_span,
     // them.
     const auto& budget = run.task.budget;
     std::string exhausted;
+    const char* limit = "";
     if (budget.max_input_tokens > 0
-        && run.result.usage.input_tokens > budget.max_input_tokens)
+        && run.result.usage.input_tokens > budget.max_input_tokens) {
+      limit = "input_tokens";
       exhausted = "input tokens "
                   + std::to_string(run.result.usage.input_tokens)
                   + " exceed the run's limit of "
                   + std::to_string(budget.max_input_tokens);
-    else if (budget.max_output_tokens > 0
-             && run.result.usage.output_tokens > budget.max_output_tokens)
+    } else if (budget.max_output_tokens > 0
+               && run.result.usage.output_tokens > budget.max_output_tokens) {
+      limit = "output_tokens";
       exhausted = "output tokens "
                   + std::to_string(run.result.usage.output_tokens)
                   + " exceed the run's limit of "
                   + std::to_string(budget.max_output_tokens);
-    else if (budget.max_cost_usd > 0
-             && run.result.cost_nusd > usd_to_nusd(budget.max_cost_usd))
+    } else if (budget.max_cost_usd > 0
+               && run.result.cost_nusd > usd_to_nusd(budget.max_cost_usd)) {
+      limit = "cost";
       exhausted = "cost $" + usd_text(run.result.cost_nusd)
                   + " exceeds the run's limit of $"
                   + usd_text(usd_to_nusd(budget.max_cost_usd));
+    }
     if (!exhausted.empty()) {
+      trace_budget_denied(st, run, limit, exhausted);
       close_step(self, "budget_exhausted");
       finish(self, run_status::halted, last_assistant_text(run),
              "budget exhausted: " + exhausted);
@@ -1286,8 +1303,10 @@ void plan(agent_self self) {
     // No budget actor: the run's own cost limit is checked here.
     auto limit = usd_to_nusd(run.task.budget.max_cost_usd);
     if (limit > 0 && run.result.cost_nusd >= limit) {
-      halt_for_budget(self, "the run spent $" + usd_text(run.result.cost_nusd)
-                              + " of its $" + usd_text(limit) + " limit");
+      auto reason = "the run spent $" + usd_text(run.result.cost_nusd)
+                    + " of its $" + usd_text(limit) + " limit";
+      trace_budget_denied(st, run, "cost", reason);
+      halt_for_budget(self, reason);
       return;
     }
     ask_model(self);
@@ -1296,6 +1315,8 @@ void plan(agent_self self) {
   // Reserve an estimate first: a call that cannot be afforded never starts.
   budget_reserve req;
   req.ref = run.task.ref;
+  // Its refusals and warnings are traced in this run's span.
+  req.ref.span_id = run.run_span;
   req.path = run.budget_path;
   req.reservation_id = run.budget_path.back().account + "@"
                        + std::to_string(run.result.steps.size() + 1);

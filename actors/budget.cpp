@@ -17,6 +17,7 @@
 #include <caf/typed_event_based_actor.hpp>
 #include <spdlog/spdlog.h>
 
+#include "actors/span_recorder.hpp"
 #include "runtime/clock.hpp"
 
 namespace troupe {
@@ -156,6 +157,21 @@ std::string amount_text(int64_t n, limit_kind k) {
   return std::to_string(n) + " " + unit(n, k);
 }
 
+/// How traces name a limit: "steps", "input_tokens", "output_tokens", "cost".
+const char* limit_key(limit_kind k) {
+  switch (k) {
+    case limit_kind::steps:
+      return "steps";
+    case limit_kind::input_tokens:
+      return "input_tokens";
+    case limit_kind::output_tokens:
+      return "output_tokens";
+    case limit_kind::cost:
+      return "cost";
+  }
+  return "?";
+}
+
 const char* limit_name(limit_kind k) {
   switch (k) {
     case limit_kind::steps:
@@ -252,6 +268,8 @@ struct budget_state {
   bool sweep_pending = false;
   /// Forwards the sweep timer (see sweep_relay).
   caf::actor relay;
+  /// Refusals and warnings go here.
+  span_recorder trace;
 
   account& make_account(const std::string& name, const std::string& parent,
                         const budget_limits& limits) {
@@ -328,14 +346,19 @@ struct budget_state {
     }
   }
 
-  /// Why `estimate` does not fit account `a` now, or "" when it does.
+  /// Why `estimate` does not fit account `a` now, or "" when it does; sets
+  /// `limit` to the key of the limit that refuses (see budget.hpp).
   std::string refusal(const account& a, const budget_amount& estimate,
-                      int64_t now) const {
-    if (a.closed)
+                      int64_t now, const char*& limit_out) const {
+    if (a.closed) {
+      limit_out = "closed";
       return "budget '" + a.name + "' is closed";
-    if (a.limits.deadline_ms > 0 && now >= a.limits.deadline_ms)
+    }
+    if (a.limits.deadline_ms > 0 && now >= a.limits.deadline_ms) {
+      limit_out = "deadline";
       return "budget '" + a.name + "' deadline passed "
              + std::to_string(now - a.limits.deadline_ms) + " ms ago";
+    }
     for (auto k : all_kinds) {
       auto limit = a.limit(k);
       if (limit <= 0)
@@ -346,6 +369,7 @@ struct budget_state {
       auto taken = used + reserved;
       if (taken <= limit && more <= limit - taken)
         continue;
+      limit_out = limit_key(k);
       std::string figures;
       if (k == limit_kind::cost)
         figures = " (" + money(used, 4) + " used, " + money(reserved, 4)
@@ -369,8 +393,10 @@ struct budget_state {
     return {};
   }
 
-  /// Warnings account `a` raises now (once per limit).
-  void warn(account& a, std::vector<std::string>& out) {
+  /// Warnings account `a` raises now (once per limit), with the key of each
+  /// one's limit in `limits`.
+  void warn(account& a, std::vector<std::string>& out,
+            std::vector<const char*>& limits) {
     for (auto k : all_kinds) {
       auto limit = a.limit(k);
       auto i = static_cast<size_t>(k);
@@ -388,6 +414,7 @@ struct budget_state {
       out.push_back("budget '" + a.name + "': " + percent(cfg.warn_share)
                     + " of its " + limit_name(k) + " limit reached (" + figures
                     + ")");
+      limits.push_back(limit_key(k));
     }
   }
 
@@ -472,8 +499,19 @@ budget_verdict on_reserve(budget_self self, budget_reserve& req) {
   auto& st = self->state;
   budget_verdict verdict;
   verdict.reservation_id = req.reservation_id;
+  auto denied = [&st, &req, &verdict](const std::string& account,
+                                      const char* limit) {
+    st.trace.event(req.ref.trace_id, req.ref.span_id, "budget.denied", [&] {
+      return json{{"troupe.budget.account", account},
+                  {"troupe.budget.limit", limit},
+                  {"troupe.budget.reservation", req.reservation_id},
+                  {"troupe.budget.reason", verdict.reason}};
+    });
+  };
   if (verdict.reason = malformed(req); !verdict.reason.empty()) {
     spdlog::warn("{}", verdict.reason);
+    denied(req.path.empty() ? std::string{} : req.path.back().account,
+           "malformed");
     return verdict;
   }
   auto& leaf = st.open_path(req.path);
@@ -482,23 +520,38 @@ budget_verdict on_reserve(budget_self self, budget_reserve& req) {
   auto chain = st.chain(leaf);
   auto now = now_ms();
   auto active = steady::now();
+  const char* limit = "";
+  const account* refused_by = nullptr;
   for (auto* a : chain) {
     a->last_active = active;
-    if (verdict.reason.empty())
-      verdict.reason = st.refusal(*a, req.estimate, now);
+    if (verdict.reason.empty()) {
+      verdict.reason = st.refusal(*a, req.estimate, now, limit);
+      if (!verdict.reason.empty())
+        refused_by = a;
+    }
   }
-  if (!verdict.reason.empty()) {
+  if (refused_by != nullptr) {
     for (auto* a : chain)
       ++a->denied;
     spdlog::debug("budget: refused reservation '{}' of {}: {}",
                   req.reservation_id, describe(req.estimate), verdict.reason);
+    denied(refused_by->name, limit);
     schedule_sweep(self);
     return verdict;
   }
   for (auto* a : chain) {
     add(a->reserved, req.estimate);
     ++a->granted;
-    st.warn(*a, verdict.warnings);
+    std::vector<const char*> limits;
+    auto first = verdict.warnings.size();
+    st.warn(*a, verdict.warnings, limits);
+    for (size_t i = 0; i < limits.size(); ++i)
+      st.trace.event(req.ref.trace_id, req.ref.span_id, "budget.warning", [&] {
+        return json{{"troupe.budget.account", a->name},
+                    {"troupe.budget.limit", limits[i]},
+                    {"troupe.budget.share", st.cfg.warn_share},
+                    {"troupe.budget.warning", verdict.warnings[first + i]}};
+      });
   }
   leaf.open.emplace(req.reservation_id, req.estimate);
   verdict.granted = true;
@@ -601,9 +654,11 @@ budget_snapshot snapshot(budget_state& st, const std::string& name) {
   return out;
 }
 
-budget_impl::behavior_type budget(budget_self self, budget_config cfg) {
+budget_impl::behavior_type budget(budget_self self, budget_config cfg,
+                                  tracer_actor tracer) {
   auto& st = self->state;
   st.cfg = cfg;
+  st.trace = span_recorder{std::move(tracer)};
   st.make_account(global_budget_account, "", cfg.global);
   st.relay = self->system().spawn(sweep_relay,
                                   caf::actor_cast<caf::weak_actor_ptr>(self));
@@ -636,7 +691,8 @@ budget_impl::behavior_type budget(budget_self self, budget_config cfg) {
 
 } // namespace
 
-budget_actor spawn_budget(caf::actor_system& sys, budget_config cfg) {
+budget_actor spawn_budget(caf::actor_system& sys, budget_config cfg,
+                          tracer_actor tracer) {
   if (!(cfg.warn_share > 0 && cfg.warn_share <= 1))
     throw std::invalid_argument("budget_config: warn_share must be in (0, 1], "
                                 "got "
@@ -647,7 +703,7 @@ budget_actor spawn_budget(caf::actor_system& sys, budget_config cfg) {
   if (cfg.idle_ttl <= std::chrono::milliseconds{0})
     throw std::invalid_argument("budget_config: idle_ttl must be positive, got "
                                 + std::to_string(cfg.idle_ttl.count()) + " ms");
-  return sys.spawn(budget, std::move(cfg));
+  return sys.spawn(budget, std::move(cfg), std::move(tracer));
 }
 
 } // namespace troupe

@@ -24,6 +24,12 @@
 // account survives a long wait for a human). A sweep runs every
 // min(idle_ttl, 60 s) while there are accounts besides "global", which is
 // never removed. The sweep timer does not keep the actor alive.
+//
+// With a tracer, a refused reservation is traced as "budget.denied" and each
+// warning as "budget.warning" (in the reservation's span), both naming the
+// account and the limit ("steps", "input_tokens", "output_tokens", "cost";
+// a refusal may also name "deadline", "closed" or "malformed"), so metrics
+// can count them by limit without reading the text.
 
 #include <chrono>
 #include <map>
@@ -34,6 +40,7 @@
 #include <caf/typed_actor.hpp>
 
 #include "messages/budget.hpp"
+#include "messages/trace.hpp"
 
 namespace troupe {
 
@@ -90,8 +97,10 @@ using budget_actor = caf::typed_actor<
   caf::reacts_to<budget_close>,
   caf::replies_to<bg_query_atom, std::string>::with<budget_snapshot>>;
 
-/// Spawns a budget actor. Throws std::invalid_argument for a bad config.
-budget_actor spawn_budget(caf::actor_system& sys, budget_config cfg = {});
+/// Spawns a budget actor that traces its refusals and warnings to `tracer`
+/// (none when empty). Throws std::invalid_argument for a bad config.
+budget_actor spawn_budget(caf::actor_system& sys, budget_config cfg = {},
+                          tracer_actor tracer = {});
 
 /// One line naming what an amount is: "2 steps, 300 input + 40 output tokens,
 /// $0.000120".

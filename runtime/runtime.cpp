@@ -79,7 +79,7 @@ runtime::runtime(runtime_config cfg) : cfg_(std::move(cfg)) {
     own(tracer_.address());
   }
   try {
-    budget_ = spawn_budget(*sys_, cfg_.budget);
+    budget_ = spawn_budget(*sys_, cfg_.budget, tracer_);
     if (!cfg_.policy.rules.empty()
         || cfg_.policy.default_decision != policy_decision::allow) {
       auto rules = cfg_.policy;

@@ -14,6 +14,7 @@ packages=(
   catch2                 # tests (Catch2 v2)
   libsqlite3-dev sqlite3 # embedded store
   prometheus-cpp-dev     # metrics
+  prometheus             # promtool: the tests lint the /metrics output with it
   libcli11-dev           # the troupe command line
   chromium               # headless browser of the dashboard's end-to-end test (tests/e2e/dashboard)
 )

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -18,8 +20,10 @@
 #include <caf/actor_system_config.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/scoped_actor.hpp>
+#include <caf/send.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include "actors/tracer.hpp"
 #include "messages/errors.hpp"
 #include "messages/type_ids.hpp"
 #include "runtime/clock.hpp"
@@ -436,6 +440,86 @@ SCENARIO_METHOD(budget_fixture, "an account warns once per limit at its share",
         CHECK(e.warnings.empty());
       }
     }
+  }
+}
+
+// --- traces -----------------------------------------------------------------
+
+SCENARIO_METHOD(budget_fixture,
+                "refusals and warnings are traced with the limit that made "
+                "them",
+                "[budget]") {
+  GIVEN("a budget tracing to a real tracer, a global cost limit of $1 "
+        "warning at 80%") {
+    struct record_log {
+      std::mutex mtx;
+      std::vector<json> events;
+    };
+    auto log = std::make_shared<record_log>();
+    tracer_config tc;
+    tc.listeners.push_back([log](const json& r) {
+      if (r.value("type", "") != "event")
+        return;
+      std::lock_guard<std::mutex> guard{log->mtx};
+      log->events.push_back(r);
+    });
+    auto tracer = spawn_tracer(sys, tc);
+    budget_limits limits;
+    limits.max_cost_usd = 1.0;
+    auto budget = spawn_budget(sys, config(limits, 0.8), tracer);
+    auto traced = [](budget_reserve r) {
+      r.ref.trace_id = "t1";
+      r.ref.span_id = "s1";
+      return r;
+    };
+    WHEN("one reservation crosses the warning share, then others are "
+         "refused by cost, a deadline and a malformed estimate") {
+      std::vector<budget_scope> path{scope("run-t")};
+      auto a = reserve(budget, traced(reservation(path, "a",
+                                                  amount(1, 0, 0, 900'000'000))));
+      auto b = reserve(budget, traced(reservation(path, "b",
+                                                  amount(1, 0, 0, 200'000'000))));
+      budget_limits late;
+      late.deadline_ms = now_ms() - 1000;
+      auto c = reserve(budget, traced(reservation({scope("run-late", late)},
+                                                  "c", amount(1))));
+      auto d = reserve(budget, traced(reservation(path, "d", amount(-1))));
+      REQUIRE(a.granted);
+      REQUIRE_FALSE(b.granted);
+      REQUIRE_FALSE(c.granted);
+      REQUIRE_FALSE(d.granted);
+      // The flush is answered after every record sent before it.
+      bool flushed = false;
+      self->request(tracer, 10s, tr_flush_atom::value)
+        .receive([&flushed](bool) { flushed = true; },
+                 [](caf::error& err) { FAIL(error_text(err)); });
+      REQUIRE(flushed);
+      std::lock_guard<std::mutex> guard{log->mtx};
+      const auto& ev = log->events;
+      THEN("the warning and each refusal are events naming account and "
+           "limit, in the reservation's span") {
+        REQUIRE(ev.size() == 4);
+        for (const auto& e : ev) {
+          CHECK(e["trace_id"] == "t1");
+          CHECK(e["span_id"] == "s1");
+        }
+        CHECK(ev[0]["name"] == "budget.warning");
+        CHECK(ev[0]["attributes"]["troupe.budget.account"] == "global");
+        CHECK(ev[0]["attributes"]["troupe.budget.limit"] == "cost");
+        CHECK(ev[0]["attributes"]["troupe.budget.warning"] == a.warnings.at(0));
+        CHECK(ev[1]["name"] == "budget.denied");
+        CHECK(ev[1]["attributes"]["troupe.budget.account"] == "global");
+        CHECK(ev[1]["attributes"]["troupe.budget.limit"] == "cost");
+        CHECK(ev[1]["attributes"]["troupe.budget.reason"] == b.reason);
+        CHECK(ev[1]["attributes"]["troupe.budget.reservation"] == "b");
+        CHECK(ev[2]["name"] == "budget.denied");
+        CHECK(ev[2]["attributes"]["troupe.budget.account"] == "run-late");
+        CHECK(ev[2]["attributes"]["troupe.budget.limit"] == "deadline");
+        CHECK(ev[3]["name"] == "budget.denied");
+        CHECK(ev[3]["attributes"]["troupe.budget.limit"] == "malformed");
+      }
+    }
+    caf::anon_send_exit(tracer, caf::exit_reason::user_shutdown);
   }
 }
 
