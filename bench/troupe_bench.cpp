@@ -9,8 +9,8 @@
 //                [--cluster-calls N] [--cluster-throughput-calls N]
 //                [--cluster-in-flight N]
 //
-// --workload picks a comma-separated subset of floor, W1, guards, restart,
-// W2, W3, gateway, cluster (default: all, in that order; W1 also runs floor,
+// --workload picks a comma-separated subset of floor, W1, guards, durable,
+// restart, W2, W3, gateway, cluster (default: all, in that order; W1 also runs floor,
 // which its ratio needs). The LIST options are comma-separated integers.
 //
 // floor      CAF event-based request/response round trip between two actors:
@@ -52,6 +52,13 @@
 //            a tool call straight to the adapter, through its ledger, a
 //            retrier, a breaker, a limiter, all three; a budget reservation;
 //            and the policy's evaluate() (a function the agent calls).
+// durable    what the durable store (issue 7) costs: W1's loop as the
+//            guards workload runs it (--runs runs in 5 rotated rounds, a
+//            fresh runtime each), in memory against the SQLite store (a
+//            checkpoint before every step and a final one, each model reply
+//            journaled, each tool call in the store's ledger) and against the
+//            store with durable_commits (every commit fsynced); the same
+//            figures as the guards lines, the ratio to memory.
 // restart    a supervised actor crashes 1000 times in a row: median and p99
 //            time from the crash to its replacement answering a request.
 // W2         fan-out: a map_reduce team (supervisors/teams.hpp) maps N items
@@ -142,6 +149,7 @@
 #include "runtime/clock.hpp"
 #include "runtime/policy.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/store.hpp"
 #include "supervisors/supervisor.hpp"
 #include "supervisors/teams.hpp"
 
@@ -959,79 +967,33 @@ void budget_and_prices(troupe::runtime_config& cfg, const std::string& model) {
   cfg.prices.set(model, troupe::model_price{1.0, 5.0});
 }
 
-/// The react-loop variants, "none" (the baseline) first: W1's loop with the
-/// tool in place and loop detection off (this script calls noop with the
-/// same arguments 9 times a run, which loop detection would flag and log on
-/// every run).
-void guards_react_loops(int runs, bool& ok) {
-  struct variant {
-    const char* name;
-    const char* what;
-    react_setup setup;
+/// W1's loop with the tool in place and loop detection off (this script
+/// calls noop with the same arguments 9 times a run, which loop detection
+/// would flag and log on every run): what the guards and durable workloads
+/// vary.
+react_setup in_place_loop() {
+  react_setup s;
+  s.blocking_tool = false;
+  s.agent = [](troupe::agent_spec& spec) {
+    spec.loops.repeat_threshold = 0;
+    spec.loops.stall_steps = 0;
   };
-  auto base = [] {
-    react_setup s;
-    s.blocking_tool = false;
-    s.agent = [](troupe::agent_spec& spec) {
-      spec.loops.repeat_threshold = 0;
-      spec.loops.stall_steps = 0;
-    };
-    return s;
-  };
-  auto with_budget = [](react_setup s) {
-    s.configure = [prev = s.configure](troupe::runtime_config& cfg) {
-      if (prev)
-        prev(cfg);
-      budget_and_prices(cfg, "w1");
-    };
-    s.run.budget.max_steps = 100;
-    s.run.budget.max_cost_usd = 1.0;
-    return s;
-  };
-  auto with_policy = [](react_setup s) {
-    s.configure = [prev = s.configure](troupe::runtime_config& cfg) {
-      if (prev)
-        prev(cfg);
-      cfg.policy = guards_policy();
-    };
-    return s;
-  };
-  auto with_tool_guards = [](react_setup s) {
-    s.tool = [](troupe::tool_definition& def) { def.guards = open_guards(); };
-    return s;
-  };
-  auto without = [](react_setup s, bool budget_actor, bool ledger) {
-    s.without_budget_actor = budget_actor;
-    s.without_ledger = ledger;
-    return s;
-  };
-  std::vector<variant> variants{
-    {"none", "baseline: the runtime's defaults (the budget actor reserves and "
-             "settles every step, without limits or prices; the tool adapter "
-             "looks every call up in the idempotency ledger and records it)",
-     base()},
-    {"no ledger", "as none, but the tool adapter has no ledger (the agent "
-                  "linked by hand)",
-     without(base(), false, true)},
-    {"no budget actor", "as none, but the agent has no budget actor (linked "
-                        "by hand): no reservation, no settlement",
-     without(base(), true, false)},
-    {"bare", "neither budget actor nor ledger: the baseline less what the "
-             "runtime always adds to a step",
-     without(base(), true, true)},
-    {"budget", "global limits on steps, tokens and money, a price table, and a "
-               "run budget: every step reserves against the run's account and "
-               "global, then settles the priced usage",
-     with_budget(base())},
-    {"policy", "a policy of 5 rules (JSON) judges every proposed call",
-     with_policy(base())},
-    {"tool guards", "noop behind retrier (2 retries), breaker (threshold 5) and "
-                    "limiter (1e6/s, burst 100000, 10000 at once, 1000 per "
-                    "agent): no call is ever retried, failed or held",
-     with_tool_guards(base())},
-    {"all", "budget + policy + tool guards",
-     with_tool_guards(with_policy(with_budget(base())))},
-  };
+  return s;
+}
+
+/// One way to set a react loop up, named for its JSON line.
+struct react_variant {
+  const char* name;
+  const char* what;
+  react_setup setup;
+};
+
+/// Runs `variants` of W1's loop side by side (`runs` runs each, in rounds)
+/// and prints one "react loop" line per variant with `common`'s fields; the
+/// first variant is the baseline. Clears `ok` when a run or tool call failed.
+void react_rounds(const char* workload,
+                  const std::vector<react_variant>& variants, int runs,
+                  const json& common, bool& ok) {
   // Rounds, each variant in a fresh runtime, the order rotated every round:
   // drift of the machine spreads over all variants instead of one. A
   // variant's figure is its median round (other work on the machine shows as
@@ -1066,15 +1028,16 @@ void guards_react_loops(int runs, bool& ok) {
   auto base_us = median(0);
   for (size_t v = 0; v < n; ++v) {
     auto us = median(v);
+    // The first variant is the baseline every ratio is to.
     auto per_step = [&sum, v](double x) {
       return std::round(x / static_cast<double>(sum[v].steps) * 100.0) / 100.0;
     };
-    json line{{"workload", "guards"},
+    json line = common;
+    line.update(json{
+              {"workload", workload},
               {"part", "react loop"},
               {"variant", variants[v].name},
               {"what", variants[v].what},
-              {"tool", "in place (blocking=false)"},
-              {"loop_detection", "off"},
               {"runs", per_round * rounds},
               {"rounds", rounds},
               {"steps_per_run", 10},
@@ -1098,13 +1061,117 @@ void guards_react_loops(int runs, bool& ok) {
                           * 1000.0) / 1000.0},
               {"clock_thread_cpu_us_per_step", per_step(sum[v].clock.cpu_ns / 1e3)},
               {"clock_thread_wakeups_per_step", per_step(sum[v].clock.wakeups)},
-              {"thread_wakeups_per_step", per_step(sum[v].process.wakeups)}};
+              {"thread_wakeups_per_step", per_step(sum[v].process.wakeups)}});
     if (sum[v].failed > 0 || sum[v].failed_tool_calls > 0) {
       line["error"] = "a run failed or a tool call was refused";
       ok = false;
     }
     print_line(line);
   }
+}
+
+/// The guards' react-loop variants, "none" (the baseline) first.
+void guards_react_loops(int runs, bool& ok) {
+  auto with_budget = [](react_setup s) {
+    s.configure = [prev = s.configure](troupe::runtime_config& cfg) {
+      if (prev)
+        prev(cfg);
+      budget_and_prices(cfg, "w1");
+    };
+    s.run.budget.max_steps = 100;
+    s.run.budget.max_cost_usd = 1.0;
+    return s;
+  };
+  auto with_policy = [](react_setup s) {
+    s.configure = [prev = s.configure](troupe::runtime_config& cfg) {
+      if (prev)
+        prev(cfg);
+      cfg.policy = guards_policy();
+    };
+    return s;
+  };
+  auto with_tool_guards = [](react_setup s) {
+    s.tool = [](troupe::tool_definition& def) { def.guards = open_guards(); };
+    return s;
+  };
+  auto without = [](react_setup s, bool budget_actor, bool ledger) {
+    s.without_budget_actor = budget_actor;
+    s.without_ledger = ledger;
+    return s;
+  };
+  std::vector<react_variant> variants{
+    {"none", "baseline: the runtime's defaults (the budget actor reserves and "
+             "settles every step, without limits or prices; the tool adapter "
+             "looks every call up in the idempotency ledger and records it)",
+     in_place_loop()},
+    {"no ledger", "as none, but the tool adapter has no ledger (the agent "
+                  "linked by hand)",
+     without(in_place_loop(), false, true)},
+    {"no budget actor", "as none, but the agent has no budget actor (linked "
+                        "by hand): no reservation, no settlement",
+     without(in_place_loop(), true, false)},
+    {"bare", "neither budget actor nor ledger: the baseline less what the "
+             "runtime always adds to a step",
+     without(in_place_loop(), true, true)},
+    {"budget", "global limits on steps, tokens and money, a price table, and a "
+               "run budget: every step reserves against the run's account and "
+               "global, then settles the priced usage",
+     with_budget(in_place_loop())},
+    {"policy", "a policy of 5 rules (JSON) judges every proposed call",
+     with_policy(in_place_loop())},
+    {"tool guards", "noop behind retrier (2 retries), breaker (threshold 5) and "
+                    "limiter (1e6/s, burst 100000, 10000 at once, 1000 per "
+                    "agent): no call is ever retried, failed or held",
+     with_tool_guards(in_place_loop())},
+    {"all", "budget + policy + tool guards",
+     with_tool_guards(with_policy(with_budget(in_place_loop())))},
+  };
+  react_rounds("guards", variants, runs,
+               json{{"tool", "in place (blocking=false)"},
+                    {"loop_detection", "off"}},
+               ok);
+}
+
+/// What the durable store costs a step: W1's loop (as the guards workload
+/// runs it) in memory, with the SQLite store (a checkpoint before every step
+/// and a final one, every model reply journaled, every tool call in the
+/// store's ledger), and with the store fsyncing every commit. Each runtime
+/// gets a fresh store file in a temporary folder, removed at the end.
+void durable_react_loops(int runs, bool& ok) {
+  auto dir = std::filesystem::temp_directory_path()
+             / ("troupe-bench-durable-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto files = std::make_shared<int>(0);
+  auto with_store = [&dir, files](bool durable_commits) {
+    auto s = in_place_loop();
+    s.configure = [dir, files, durable_commits](troupe::runtime_config& cfg) {
+      troupe::store_options so;
+      so.path = (dir / ("runs-" + std::to_string(++*files) + ".db")).string();
+      so.durable_commits = durable_commits;
+      cfg.store = std::make_shared<troupe::store>(so);
+    };
+    return s;
+  };
+  std::vector<react_variant> variants{
+    {"memory", "no store: checkpoints, journal and ledger nowhere but memory "
+               "(the runtime's in-memory ledger)",
+     in_place_loop()},
+    {"sqlite", "the SQLite store (WAL, synchronous=NORMAL): a checkpoint "
+               "before every step and a final one, every model reply "
+               "journaled before it is used, every tool call in the store's "
+               "ledger",
+     with_store(false)},
+    {"sqlite, durable commits", "as sqlite, with durable_commits "
+                                "(synchronous=FULL: every commit fsynced)",
+     with_store(true)},
+  };
+  react_rounds("durable", variants, runs,
+               json{{"tool", "in place (blocking=false)"},
+                    {"loop_detection", "off"},
+                    {"store_dir_filesystem", "the system's temporary folder"}},
+               ok);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 /// How the budget race's runs ended, written from callbacks on actor threads.
@@ -1637,8 +1704,9 @@ int main(int argc, char** argv) {
   // stdout carries only the JSON lines.
   spdlog::set_default_logger(spdlog::stderr_color_mt("troupe-bench"));
   spdlog::set_level(spdlog::level::warn);
-  const std::vector<std::string> all_workloads{"floor", "W1", "guards", "restart",
-                                               "W2", "W3", "gateway", "cluster"};
+  const std::vector<std::string> all_workloads{
+    "floor", "W1", "guards", "durable", "restart", "W2", "W3", "gateway",
+    "cluster"};
   std::set<std::string> workloads{all_workloads.begin(), all_workloads.end()};
   int runs = 2000;
   int floor_trips = 200000;
@@ -1685,11 +1753,11 @@ int main(int argc, char** argv) {
             != all_workloads.end())
           workloads.insert(name);
         else
-          expected = "a comma-separated subset of floor, W1, guards, restart, W2, "
-                     "W3, gateway, cluster";
+          expected = "a comma-separated subset of floor, W1, guards, durable, "
+                     "restart, W2, W3, gateway, cluster";
       if (workloads.empty())
-        expected = "a comma-separated subset of floor, W1, guards, restart, W2, "
-                   "W3, gateway, cluster";
+        expected = "a comma-separated subset of floor, W1, guards, durable, "
+                   "restart, W2, W3, gateway, cluster";
     } else if (flag == "--guards-agents") {
       one_integer(1, guards_agents);
     } else if (flag == "--guards-calls") {
@@ -1823,6 +1891,8 @@ int main(int argc, char** argv) {
     ok &= guards_budget_race_raw(guards_agents);
     guards_per_call(static_cast<int>(guards_calls));
   }
+  if (wants("durable"))
+    durable_react_loops(runs, ok);
   if (wants("restart")) {
     constexpr int restarts = 1000;
     auto times = restart_times(restarts);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <initializer_list>
 #include <map>
 #include <mutex>
@@ -20,6 +21,8 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 #include <spdlog/spdlog.h>
+
+#include "runtime/store.hpp"
 
 namespace troupe {
 
@@ -50,12 +53,6 @@ const buckets step_buckets{1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 610,
 
 /// The longest label value kept as it is.
 constexpr size_t max_label_bytes = 128;
-
-/// Run statuses that end a run (store.hpp's list).
-bool finished_status(const std::string& s) {
-  return s == "complete" || s == "max_steps" || s == "failed" || s == "halted"
-         || s == "cancelled";
-}
 
 /// Whether `s` is valid UTF-8 without control characters.
 bool printable_utf8(const std::string& s) {
@@ -211,7 +208,8 @@ struct metrics::impl {
     // Trace records.
     model_calls = make_family<Counter>(
       r, "troupe_model_calls_total",
-      "Model calls (chat spans) by model and outcome (ok or error).",
+      "Model calls (chat spans) by model and outcome (ok, error, or replayed "
+      "from the journal of a resumed run: no tokens, cost or latency counted).",
       {"model", "outcome"});
     model_duration = make_family<Histogram>(
       r, "troupe_model_call_duration_seconds",
@@ -400,6 +398,12 @@ struct metrics::impl {
   /// troupe_runs's values by (bounded) status, kept here so a status that
   /// was never entered cannot go below zero.
   std::map<std::string, int64_t> live_runs;
+  /// Chat spans whose reply came from the journal (a model.replayed event
+  /// names the span before it ends), oldest first; bounded, in case a span
+  /// never ends.
+  std::unordered_set<std::string> replayed;
+  std::deque<std::string> replayed_order;
+  static constexpr size_t max_replayed = 4096;
 };
 
 void metrics::impl::observe(const json& record) noexcept {
@@ -455,6 +459,12 @@ bool metrics::impl::on_span(const json& record) {
     if (!model || !duration || in.bad || out.bad || nusd.bad)
       return false;
     std::lock_guard<std::mutex> guard{mtx};
+    auto span = text(record, "span_id");
+    if (span && replayed.erase(*span) > 0) {
+      // Paid for by the attempt that first got it.
+      at(model_calls, {*model, "replayed"}).Increment();
+      return true;
+    }
     at(model_calls, {*model, ok ? "ok" : "error"}).Increment();
     at(model_duration, {*model}).Observe(*duration);
     if (in.present)
@@ -569,6 +579,20 @@ bool metrics::impl::on_event(const json& record) {
     return count_by(model_fallbacks, "troupe.model.failed");
   if (*name == "model.cache_hit")
     return count_by(model_cache_hits, "gen_ai.request.model");
+  if (*name == "model.replayed") {
+    auto span = text(record, "span_id");
+    if (!span)
+      return false;
+    std::lock_guard<std::mutex> guard{mtx};
+    if (replayed.insert(*span).second) {
+      replayed_order.push_back(*span);
+      if (replayed_order.size() > max_replayed) {
+        replayed.erase(replayed_order.front());
+        replayed_order.pop_front();
+      }
+    }
+    return true;
+  }
   if (*name == "approval.gate.pending") {
     std::lock_guard<std::mutex> guard{mtx};
     at(approval_requests, {}).Increment();
@@ -635,9 +659,9 @@ void metrics::run_status_changed(const std::string& swarm,
     n = std::max<int64_t>(n + by, 0);
     st.series_of(st.runs, {label}).Set(static_cast<double>(n));
   };
-  if (!from.empty() && !finished_status(from))
+  if (!from.empty() && !is_finished_status(from))
     move(from, -1);
-  if (finished_status(to))
+  if (is_finished_status(to))
     st.at(st.runs_finished, {swarm, to}).Increment();
   else
     move(to, +1);

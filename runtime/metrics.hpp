@@ -10,7 +10,7 @@
 //   std::string body = m.render();                 // Content-Type: m.content_type
 //
 // From trace records (actors/tracer.hpp):
-//   span "chat {model}"            troupe_model_calls_total{model,outcome=ok|error}
+//   span "chat {model}"            troupe_model_calls_total{model,outcome=ok|error|replayed}
 //                                  troupe_model_call_duration_seconds{model}
 //                                  troupe_model_tokens_total{model,kind=input|output}
 //                                  troupe_model_cost_usd_total{model}

@@ -399,11 +399,11 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
       std::lock_guard<std::mutex> guard{mtx};
       active.erase(rec.id);
     }
+    status_changed(rec, from);
     auto i = slots.find(rec.swarm);
     if (i != slots.end())
       emit(*i->second, rec.id,
            json{{"type", "status"}, {"status", "failed"}, {"error", why}});
-    status_changed(rec, from);
     changed.notify_all();
   }
 
@@ -439,9 +439,9 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
       std::lock_guard<std::mutex> guard{mtx};
       by_trace[rec.trace_id] = id;
     }
+    status_changed(rec, from);
     emit(s, id, json{{"type", "status"}, {"status", "running"},
                      {"attempt", rec.attempts}});
-    status_changed(rec, from);
     if (rec.attempts > 1)
       spdlog::info("run service: resuming run {} (attempt {})", id,
                    rec.attempts);
@@ -523,6 +523,9 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
     rec.ended_ms = now_ms();
     rec.result = json(result);
     db->put_run(rec);
+    // Counted before it is announced: a client that saw the final status
+    // finds it in the metrics too.
+    status_changed(rec, from);
     emit(s, id,
          json{{"type", "status"},
               {"status", rec.status},
@@ -544,7 +547,6 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
       active.erase(id);
       by_trace.erase(rec.trace_id);
     }
-    status_changed(rec, from);
     changed.notify_all();
     start_more();
   }
@@ -703,8 +705,8 @@ stored_run run_service::submit(run_submission sub) {
   rec.trace_id = new_trace_id();
   rec.created_ms = now_ms();
   d.db->put_run(rec);
-  d.emit(*si->second, rec.id, json{{"type", "status"}, {"status", "queued"}});
   d.status_changed(rec, "");
+  d.emit(*si->second, rec.id, json{{"type", "status"}, {"status", "queued"}});
   d.enqueue(rec.id, false);
   return rec;
 }
@@ -758,12 +760,12 @@ stored_run run_service::cancel(const std::string& id, const std::string& who) {
     rec->error = "cancelled by " + who + " before it started";
     rec->ended_ms = now_ms();
     d.db->put_run(*rec);
+    d.status_changed(*rec, from);
     auto si = d.slots.find(rec->swarm);
     if (si != d.slots.end())
       d.emit(*si->second, id,
              json{{"type", "status"}, {"status", "cancelled"},
                   {"error", rec->error}});
-    d.status_changed(*rec, from);
     d.changed.notify_all();
   }
   return *rec;

@@ -83,8 +83,9 @@ struct run_service_options {
   /// Called with each swarm's runtime once it runs (register extra tools).
   std::function<void(runtime&, const swarm_definition&)> setup;
   /// Called with a run's record each time its status changes, and the
-  /// status it had ("" for a new run): metrics. On a service thread; keep it
-  /// short.
+  /// status it had ("" for a new run): metrics. Called before the status
+  /// event goes out, so whoever saw the event sees what this counted. On a
+  /// service thread; keep it short.
   std::function<void(const stored_run&, const std::string& from)> on_status;
 };
 

@@ -15,6 +15,7 @@
 #include "messages/json_value.hpp"
 #include "runtime/approvals.hpp"
 #include "runtime/dashboard.hpp"
+#include "runtime/metrics.hpp"
 #include "runtime/otlp_exporter.hpp"
 #include "runtime/run_service.hpp"
 #include "runtime/runtime.hpp"
@@ -64,6 +65,25 @@ void one_source(const std::optional<T>& flag, const std::optional<U>& file,
     throw std::invalid_argument(std::string{flag_name} + " and " + auth_path
                                 + " (limits." + key
                                 + ") both set this limit: keep one");
+}
+
+/// A run's status change in the metrics: the live gauge, the queue wait
+/// when it starts, and its totals when it ends.
+void count_status(metrics& m, const stored_run& run, const std::string& from) {
+  m.run_status_changed(run.swarm, from, run.status);
+  if (run.status == "running" && from == "queued" && run.started_ms > 0
+      && run.created_ms > 0 && run.attempts == 1)
+    m.observe_queue_wait(
+      static_cast<double>(run.started_ms - run.created_ms) / 1000.0);
+  if (is_finished_status(run.status)) {
+    double duration = run.started_ms > 0 && run.ended_ms >= run.started_ms
+                        ? static_cast<double>(run.ended_ms - run.started_ms)
+                            / 1000.0
+                        : -1.0;
+    m.run_finished(run.swarm, run.status, run.steps, run.input_tokens,
+                   run.output_tokens,
+                   static_cast<double>(run.cost_nusd) / 1e9, duration);
+  }
 }
 
 } // namespace
@@ -132,15 +152,26 @@ int run_serve(const serve_command& cmd, std::ostream& log, serve_hooks hooks) {
   // Unfinished runs resume once the server listens: a server that cannot
   // bind its port should not start (and then abandon) old runs.
   svc_opts.resume_on_start = false;
-  if (trace || otlp)
-    svc_opts.configure = [trace, otlp](runtime_config& cfg,
-                                       const swarm_definition&) {
-      if (trace)
-        cfg.trace_listeners.push_back(
-          [trace](const json& rec) { trace->write(rec); });
-      if (otlp)
-        cfg.trace_listeners.push_back(otlp->listener());
+  // GET /metrics counts what every swarm's trace says and what the run
+  // service reports, unless the program brings its own metrics.
+  std::shared_ptr<metrics> counted;
+  if (!hooks.metrics_text) {
+    counted = std::make_shared<metrics>();
+    svc_opts.on_status = [counted](const stored_run& run,
+                                   const std::string& from) {
+      count_status(*counted, run, from);
     };
+  }
+  svc_opts.configure = [trace, otlp, counted](runtime_config& cfg,
+                                              const swarm_definition&) {
+    if (trace)
+      cfg.trace_listeners.push_back(
+        [trace](const json& rec) { trace->write(rec); });
+    if (otlp)
+      cfg.trace_listeners.push_back(otlp->listener());
+    if (counted)
+      cfg.trace_listeners.push_back(counted->listener());
+  };
   if (hooks.configure)
     hooks.configure(svc_opts);
 
@@ -158,6 +189,14 @@ int run_serve(const serve_command& cmd, std::ostream& log, serve_hooks hooks) {
   } catch (const std::exception& ex) {
     log << "error: " << ex.what() << std::endl;
     return exit_bad_input;
+  }
+  if (counted) {
+    // The queue is sampled when scraped; the service outlives the server.
+    auto* service = svc.get();
+    hooks.metrics_text = [counted, service] {
+      counted->set_queue(service->queued(), service->running());
+      return counted->render();
+    };
   }
   std::unique_ptr<http_api> api;
   uint16_t bound = 0;

@@ -20,8 +20,7 @@
 #include <vector>
 
 #include "runtime/runtime.hpp"
-#include "support/child_process.hpp"
-#include "support/process.hpp"
+#include "support/prometheus_text.hpp"
 #include "support/runtime_fixture.hpp"
 #include "support/temp_dir.hpp"
 #include "support/test_models.hpp"
@@ -39,92 +38,6 @@ namespace {
 
 /// The bound on every wait in this file.
 constexpr auto wait_limit = std::chrono::seconds{20};
-
-/// What a sample missing from the exposition reads as.
-constexpr double missing = -1;
-
-// -- reading the exposition --------------------------------------------------
-
-/// One sample line: name{labels} value.
-struct sample {
-  std::string name;
-  std::map<std::string, std::string> labels;
-  double value = 0;
-};
-
-/// The samples of a text exposition; a line it cannot read fails the test.
-std::vector<sample> parse(const std::string& text) {
-  std::vector<sample> out;
-  std::istringstream in{text};
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line[0] == '#')
-      continue;
-    sample s;
-    size_t i = line.find_first_of("{ ");
-    REQUIRE(i != std::string::npos);
-    s.name = line.substr(0, i);
-    if (line[i] == '{') {
-      ++i;
-      while (line.at(i) != '}') {
-        auto eq = line.find('=', i);
-        REQUIRE(eq != std::string::npos);
-        auto key = line.substr(i, eq - i);
-        REQUIRE(line.at(eq + 1) == '"');
-        std::string value;
-        size_t k = eq + 2;
-        for (; line.at(k) != '"'; ++k) {
-          if (line[k] == '\\') {
-            ++k;
-            value += line.at(k) == 'n' ? '\n' : line[k];
-          } else {
-            value += line[k];
-          }
-        }
-        s.labels[key] = value;
-        i = k + 1;
-        if (line.at(i) == ',')
-          ++i;
-      }
-      ++i;
-    }
-    REQUIRE(line.at(i) == ' ');
-    auto number = line.substr(i + 1);
-    char* end = nullptr;
-    s.value = std::strtod(number.c_str(), &end);
-    REQUIRE(end != number.c_str());
-    out.push_back(std::move(s));
-  }
-  return out;
-}
-
-using label_set = std::map<std::string, std::string>;
-
-/// The value of the sample with exactly these labels, or `missing`.
-double value(const std::vector<sample>& samples, const std::string& name,
-             const label_set& labels = {}) {
-  for (const auto& s : samples)
-    if (s.name == name && s.labels == labels)
-      return s.value;
-  return missing;
-}
-
-/// A histogram bucket's count (`le` compared as a number).
-double bucket(const std::vector<sample>& samples, const std::string& name,
-              label_set labels, double le) {
-  for (const auto& s : samples) {
-    if (s.name != name + "_bucket")
-      continue;
-    auto i = s.labels.find("le");
-    if (i == s.labels.end() || std::strtod(i->second.c_str(), nullptr) != le)
-      continue;
-    auto rest = s.labels;
-    rest.erase("le");
-    if (rest == labels)
-      return s.value;
-  }
-  return missing;
-}
 
 /// The values label `label` takes among the samples of `name`.
 std::set<std::string> label_values(const std::vector<sample>& samples,
@@ -282,42 +195,6 @@ run_result run_guardrails(metrics& m, record_log& log) {
   return r;
 }
 
-/// The directory in PATH that holds an executable `name`, or "".
-std::string find_program(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::istringstream dirs{path != nullptr ? path : ""};
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    auto candidate = (dir.empty() ? "." : dir) + "/" + name;
-    if (::access(candidate.c_str(), X_OK) == 0)
-      return candidate;
-  }
-  return {};
-}
-
-/// What `promtool check metrics` says of an exposition.
-struct lint_result {
-  int exit_code = -1;
-  std::string output;
-};
-
-lint_result promtool_check(const std::string& promtool,
-                           const std::string& exposition) {
-  temp_dir dir;
-  auto file = dir.write("metrics.txt", exposition);
-  // promtool reads the exposition from stdin; the child's stdin is
-  // /dev/null, so a shell redirects it.
-  child_process child({"/bin/sh", "-c",
-                       "exec " + shell_quote(promtool) + " check metrics < "
-                         + shell_quote(file)},
-                      dir.path().string(), dir.file("stdout"));
-  REQUIRE(child.started());
-  lint_result out;
-  out.exit_code = child.wait_exit(std::chrono::seconds{60});
-  out.output = child.out() + child.err();
-  return out;
-}
-
 } // namespace
 
 // -- trace records ------------------------------------------------------------
@@ -450,6 +327,61 @@ SCENARIO("breaker, limiter, approval and budget events of a real run are "
   }
   THEN("no record was malformed") {
     CHECK(value(s, "troupe_trace_records_ignored_total") == 0);
+  }
+}
+
+SCENARIO("a reply replayed from the journal is counted as replayed, its "
+         "tokens and cost not again",
+         "[metrics]") {
+  metrics m;
+  auto chat = [](const char* span, int64_t in, int64_t out) {
+    return json{{"type", "span"},
+                {"span_id", span},
+                {"name", "chat m"},
+                {"status", "ok"},
+                {"duration_ms", 40},
+                {"attributes",
+                 {{"gen_ai.request.model", "m"},
+                  {"gen_ai.usage.input_tokens", in},
+                  {"gen_ai.usage.output_tokens", out},
+                  {"troupe.cost_nusd", 5000}}}};
+  };
+  // What a resumed run traces: the journaled model names the chat span
+  // before the agent ends it.
+  m.observe(json{{"type", "event"},
+                 {"span_id", "s1"},
+                 {"name", "model.replayed"},
+                 {"attributes",
+                  {{"gen_ai.request.model", "m"},
+                   {"troupe.journal.key", "model/r/a/1"}}}});
+  m.observe(chat("s1", 100, 10));
+  m.observe(chat("s2", 7, 3));
+  // A replay without its span id cannot be matched: it is malformed.
+  m.observe(json{{"type", "event"},
+                 {"name", "model.replayed"},
+                 {"attributes", {{"gen_ai.request.model", "m"}}}});
+  auto s = parse(m.render());
+  CHECK(value(s, "troupe_model_calls_total",
+              {{"model", "m"}, {"outcome", "replayed"}})
+        == 1);
+  CHECK(value(s, "troupe_model_calls_total", {{"model", "m"}, {"outcome", "ok"}})
+        == 1);
+  CHECK(value(s, "troupe_model_tokens_total", {{"model", "m"}, {"kind", "input"}})
+        == 7);
+  CHECK(value(s, "troupe_model_tokens_total",
+              {{"model", "m"}, {"kind", "output"}})
+        == 3);
+  CHECK(value(s, "troupe_model_cost_usd_total", {{"model", "m"}})
+        == Approx(5e-6));
+  CHECK(value(s, "troupe_model_call_duration_seconds_count", {{"model", "m"}})
+        == 1);
+  CHECK(value(s, "troupe_trace_records_ignored_total") == 1);
+  THEN("the span is forgotten once ended: a later span of that id counts") {
+    m.observe(chat("s1", 1, 1));
+    auto again = parse(m.render());
+    CHECK(value(again, "troupe_model_calls_total",
+                {{"model", "m"}, {"outcome", "ok"}})
+          == 2);
   }
 }
 
@@ -712,16 +644,12 @@ SCENARIO("the run service's calls move the run gauges and counters",
 
 SCENARIO("promtool accepts the exposition and finds nothing to lint",
          "[metrics]") {
-  auto promtool = find_program("promtool");
-  if (promtool.empty())
-    FAIL("promtool is not on PATH: run scripts/setup.sh, which installs it "
-         "(Debian package 'prometheus')");
   GIVEN("a lint check that can fail") {
-    auto bad = promtool_check(promtool, "# HELP bad_things Things.\n"
+    auto bad = promtool_check("# HELP bad_things Things.\n"
                                         "# TYPE bad_things counter\n"
                                         "bad_things 1\n");
     CHECK(bad.exit_code != 0);
-    CHECK_THAT(bad.output, Catch::Contains("_total"));
+    CHECK_THAT(bad.out + bad.err, Catch::Contains("_total"));
   }
   GIVEN("every metric fed: real runs, the run service and the remaining "
         "events") {
@@ -768,10 +696,11 @@ SCENARIO("promtool accepts the exposition and finds nothing to lint",
       CHECK(families >= 30);
     }
     THEN("promtool check metrics exits 0 and prints nothing") {
-      auto lint = promtool_check(promtool, text);
-      INFO(lint.output);
+      auto lint = promtool_check(text);
+      INFO(lint.out << lint.err);
       CHECK(lint.exit_code == 0);
-      CHECK(lint.output.empty());
+      CHECK(lint.out.empty());
+      CHECK(lint.err.empty());
     }
   }
 }

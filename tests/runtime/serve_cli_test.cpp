@@ -17,6 +17,7 @@
 #include "support/api_client.hpp"
 #include "support/child_process.hpp"
 #include "support/paths.hpp"
+#include "support/prometheus_text.hpp"
 #include "support/temp_dir.hpp"
 
 using namespace troupe;
@@ -139,4 +140,80 @@ TEST_CASE("troupe serve: bad options exit 2, a taken port 3", "[serve]") {
     CHECK(code == 3);
     CHECK(err.find("127.0.0.1:" + port) != std::string::npos);
   }
+}
+
+TEST_CASE("troupe serve: GET /metrics counts the runs it served, and "
+          "promtool accepts it",
+          "[serve][metrics]") {
+  temp_dir dir;
+  child_process child{{cli_path(), "serve", support_swarm(), "--listen",
+                       "127.0.0.1:0", "--store", dir.file("runs.db")},
+                      dir.path().string(), dir.file("out.txt")};
+  REQUIRE(child.started());
+  auto m = child.wait_for_line(listening, 60s);
+  INFO(child.err());
+  REQUIRE(m.size() == 2);
+  auto port = static_cast<uint16_t>(std::stoi(m[1]));
+
+  auto before = api_get(port, "/metrics");
+  REQUIRE(before.status == 200);
+  CHECK(value(parse(before.body), "troupe_runs_finished_total",
+              {{"swarm", "support-desk"}, {"status", "complete"}})
+        == missing);
+
+  const int runs = 2;
+  for (int i = 0; i < runs; ++i) {
+    auto sub = api_post(port, "/v1/runs",
+                        {{"swarm", "support-desk"},
+                         {"goal", "A customer asks: what is your refund "
+                                  "policy, and how much is 15% of 240 EUR?"}});
+    REQUIRE(sub.status == 202);
+    api_request events;
+    events.target = "/v1/runs/" + sub.json()["id"].get<std::string>()
+                    + "/events";
+    sse_stream s{port, events};
+    REQUIRE(s.status() == 200);
+    auto frames = s.rest(60s);
+    REQUIRE(!frames.empty());
+    REQUIRE(json::parse(frames.back().data)["status"] == "complete");
+  }
+
+  auto after = api_get(port, "/metrics");
+  REQUIRE(after.status == 200);
+  CHECK_THAT(after.header("Content-Type"),
+             Catch::StartsWith("text/plain; version=0.0.4"));
+  auto samples = parse(after.body);
+  CHECK(value(samples, "troupe_runs_finished_total",
+              {{"swarm", "support-desk"}, {"status", "complete"}})
+        == runs);
+  CHECK(value(samples, "troupe_run_steps_count", {{"swarm", "support-desk"}})
+        == runs);
+  CHECK(value(samples, "troupe_run_queue_wait_seconds_count") == runs);
+  CHECK(value(samples, "troupe_agent_runs_total",
+              {{"agent", "support"}, {"status", "complete"}})
+        == runs);
+  // The scripted model's calls and the calculator's, from the trace.
+  double model_calls = 0;
+  double calculator_calls = 0;
+  double input_tokens = 0;
+  for (const auto& s : samples) {
+    if (s.name == "troupe_model_calls_total")
+      model_calls += s.value;
+    if (s.name == "troupe_tool_calls_total"
+        && s.labels.count("tool") != 0 && s.labels.at("tool") == "calculator")
+      calculator_calls += s.value;
+    if (s.name == "troupe_tokens_total" && s.labels.at("kind") == "input")
+      input_tokens += s.value;
+  }
+  CHECK(model_calls >= 2 * runs);
+  CHECK(calculator_calls >= runs);
+  CHECK(input_tokens > 0);
+
+  auto lint = promtool_check(after.body);
+  INFO(lint.out << lint.err);
+  CHECK(lint.exit_code == 0);
+  CHECK(lint.out.empty());
+  CHECK(lint.err.empty());
+
+  CHECK(child.stop(30s) == 0);
 }
