@@ -360,6 +360,18 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
 
   // -- runs ------------------------------------------------------------------
 
+  /// The record of run `id`, which has not ended. Throws not_found_error or
+  /// conflict_error.
+  std::optional<stored_run> unfinished_run(const std::string& id) {
+    auto rec = db->get_run(id);
+    if (!rec)
+      throw not_found_error("no run '" + id + "'");
+    if (is_finished_status(rec->status))
+      throw conflict_error("run '" + id + "' has already ended ("
+                           + rec->status + ")");
+    return rec;
+  }
+
   void status_changed(const stored_run& run, const std::string& from) {
     if (opts.on_status) {
       try {
@@ -722,12 +734,7 @@ run_page run_service::list(const std::string& status, int64_t limit,
 
 stored_run run_service::cancel(const std::string& id, const std::string& who) {
   auto& d = *impl_;
-  auto rec = d.db->get_run(id);
-  if (!rec)
-    throw not_found_error("no run '" + id + "'");
-  if (is_finished_status(rec->status))
-    throw conflict_error("run '" + id + "' has already ended ("
-                         + rec->status + ")");
+  auto rec = d.unfinished_run(id);
   swarm_instance to_stop;
   bool was_queued = false;
   {
@@ -773,12 +780,7 @@ stored_run run_service::cancel(const std::string& id, const std::string& who) {
 
 stored_run run_service::resume(const std::string& id) {
   auto& d = *impl_;
-  auto rec = d.db->get_run(id);
-  if (!rec)
-    throw not_found_error("no run '" + id + "'");
-  if (is_finished_status(rec->status))
-    throw conflict_error("run '" + id + "' has already ended ("
-                         + rec->status + ")");
+  auto rec = d.unfinished_run(id);
   {
     std::lock_guard<std::mutex> guard{d.mtx};
     if (d.active.count(id) > 0)

@@ -7,19 +7,15 @@
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
 #include <catch2/catch.hpp>
 
 #include "runtime/io_pool.hpp"
 #include "support/http_test_server.hpp"
-#include "support/process.hpp"
 #include "support/temp_dir.hpp"
+#include "support/tls_once_server.hpp"
 
 using namespace std::chrono_literals;
 using troupe::http_client;
@@ -30,6 +26,7 @@ using troupe::sse_event;
 using troupe::test::http_test_server;
 using troupe::test::test_http_action;
 using troupe::test::test_http_request;
+using troupe::test::tls_once_server;
 
 namespace {
 
@@ -404,88 +401,16 @@ SCENARIO("http client: stop() completes requests in flight", "[http]") {
     CHECK(c.load() == 1);
 }
 
-namespace {
-
-/// A TLS server for one connection, on its own thread: handshake, read one
-/// request, answer it, close. Its outcome says how the handshake went.
-class tls_once_server {
-public:
-  tls_once_server(const std::string& cert, const std::string& key) {
-    namespace ssl = boost::asio::ssl;
-    tls_.use_certificate_chain_file(cert);
-    tls_.use_private_key_file(key, ssl::context::pem);
-    boost::asio::ip::tcp::endpoint ep{
-      boost::asio::ip::make_address("127.0.0.1"), 0};
-    acceptor_.open(ep.protocol());
-    acceptor_.bind(ep);
-    acceptor_.listen();
-    port_ = acceptor_.local_endpoint().port();
-    thread_ = std::thread{[this] { serve(); }};
-  }
-
-  ~tls_once_server() {
-    thread_.join();
-  }
-
-  uint16_t port() const {
-    return port_;
-  }
-
-  /// "served" or what failed on the server side.
-  std::future<std::string> outcome() {
-    return outcome_.get_future();
-  }
-
-private:
-  void serve() {
-    namespace ssl = boost::asio::ssl;
-    namespace http = boost::beast::http;
-    boost::system::error_code ec;
-    boost::asio::ip::tcp::socket sock{ctx_};
-    acceptor_.accept(sock, ec);
-    if (ec)
-      return outcome_.set_value("accept: " + ec.message());
-    ssl::stream<boost::asio::ip::tcp::socket> stream{std::move(sock), tls_};
-    stream.handshake(ssl::stream_base::server, ec);
-    if (ec)
-      return outcome_.set_value("handshake: " + ec.message());
-    boost::beast::flat_buffer buf;
-    http::request<http::string_body> req;
-    http::read(stream, buf, req, ec);
-    if (ec)
-      return outcome_.set_value("read: " + ec.message());
-    http::response<http::string_body> res{http::status::ok, 11};
-    res.body() = "secure " + std::string{req[http::field::host]};
-    res.keep_alive(false);
-    res.prepare_payload();
-    http::write(stream, res, ec);
-    outcome_.set_value(ec ? "write: " + ec.message() : "served");
-  }
-
-  boost::asio::io_context ctx_;
-  boost::asio::ssl::context tls_{boost::asio::ssl::context::tls_server};
-  boost::asio::ip::tcp::acceptor acceptor_{ctx_};
-  uint16_t port_ = 0;
-  std::promise<std::string> outcome_;
-  std::thread thread_;
-};
-
-} // namespace
-
 SCENARIO("http client: HTTPS with a custom CA and host name verification",
          "[http][tls]") {
   troupe::test::temp_dir dir;
-  auto cert = dir.file("cert.pem");
-  auto key = dir.file("key.pem");
-  auto gen = troupe::test::run_command(
-    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-    " -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost"
-    " -keyout " + troupe::test::shell_quote(key) + " -out "
-    + troupe::test::shell_quote(cert));
-  if (gen.exit_code != 0) {
-    WARN("openssl could not make a certificate; TLS test skipped: " << gen.err);
+  auto made = troupe::test::make_localhost_certificate(dir.path().string());
+  if (!made.error.empty()) {
+    WARN("TLS test skipped: " << made.error);
     return;
   }
+  const auto& cert = made.cert;
+  const auto& key = made.key;
   io_pool pool{2};
   troupe::http_client_options trusting;
   trusting.ca_file = cert;
@@ -498,20 +423,22 @@ SCENARIO("http client: HTTPS with a custom CA and host name verification",
                              + std::to_string(server.port()) + "/secure"));
   };
   WHEN("the client trusts the certificate's CA") {
-    tls_once_server server{cert, key};
-    auto served = server.outcome();
+    tls_once_server server{cert, key, "secure"};
+    auto served = server.exchange();
     auto res = get_secure(server, "localhost", trusting);
     THEN("the exchange succeeds over TLS") {
       REQUIRE(res.error == "");
       CHECK(res.status == 200);
-      CHECK(res.body == "secure localhost:" + std::to_string(server.port()));
+      CHECK(res.body == "secure");
       REQUIRE(served.wait_for(wait_limit) == std::future_status::ready);
-      CHECK(served.get() == "served");
+      auto ex = served.get();
+      CHECK(ex.outcome == "served");
+      CHECK(ex.host == "localhost:" + std::to_string(server.port()));
     }
   }
   WHEN("the client does not trust it") {
-    tls_once_server server{cert, key};
-    auto served = server.outcome();
+    tls_once_server server{cert, key, "secure"};
+    auto served = server.exchange();
     auto res = get_secure(server, "localhost", {});
     THEN("the handshake fails with a clear error") {
       CHECK_FALSE(res.ok());
@@ -522,8 +449,8 @@ SCENARIO("http client: HTTPS with a custom CA and host name verification",
     }
   }
   WHEN("the certificate is for another host name") {
-    tls_once_server server{cert, key};
-    auto served = server.outcome();
+    tls_once_server server{cert, key, "secure"};
+    auto served = server.exchange();
     auto res = get_secure(server, "127.0.0.1", trusting);
     THEN("host name verification rejects it") {
       CHECK_FALSE(res.ok());

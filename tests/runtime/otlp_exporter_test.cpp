@@ -7,20 +7,14 @@
 #include <future>
 #include <map>
 #include <set>
-#include <thread>
-
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/ssl.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
 
 #include "runtime/builtin_tools.hpp"
 #include "runtime/runtime.hpp"
 #include "support/otlp_receiver.hpp"
-#include "support/process.hpp"
 #include "support/runtime_fixture.hpp"
 #include "support/temp_dir.hpp"
 #include "support/test_models.hpp"
+#include "support/tls_once_server.hpp"
 
 using namespace troupe;
 using namespace troupe::test;
@@ -745,87 +739,16 @@ SCENARIO("otlp encoding: attribute types, kinds, statuses and ids",
                     Catch::Contains("missing name"));
 }
 
-namespace {
-
-/// An HTTPS collector for one request: handshake, read, answer 200, close.
-class tls_receiver {
-public:
-  tls_receiver(const std::string& cert, const std::string& key) {
-    namespace ssl = boost::asio::ssl;
-    tls_.use_certificate_chain_file(cert);
-    tls_.use_private_key_file(key, ssl::context::pem);
-    boost::asio::ip::tcp::endpoint ep{
-      boost::asio::ip::make_address("127.0.0.1"), 0};
-    acceptor_.open(ep.protocol());
-    acceptor_.bind(ep);
-    acceptor_.listen();
-    port_ = acceptor_.local_endpoint().port();
-    thread_ = std::thread{[this] { serve(); }};
-  }
-
-  ~tls_receiver() {
-    thread_.join();
-  }
-
-  uint16_t port() const {
-    return port_;
-  }
-
-  /// The request body, or "failed: ..." naming the step.
-  std::future<std::string> body() {
-    return body_.get_future();
-  }
-
-private:
-  void serve() {
-    namespace ssl = boost::asio::ssl;
-    namespace http = boost::beast::http;
-    boost::system::error_code ec;
-    boost::asio::ip::tcp::socket sock{ctx_};
-    acceptor_.accept(sock, ec);
-    if (ec)
-      return body_.set_value("failed: accept: " + ec.message());
-    ssl::stream<boost::asio::ip::tcp::socket> stream{std::move(sock), tls_};
-    stream.handshake(ssl::stream_base::server, ec);
-    if (ec)
-      return body_.set_value("failed: handshake: " + ec.message());
-    boost::beast::flat_buffer buf;
-    http::request<http::string_body> req;
-    http::read(stream, buf, req, ec);
-    if (ec)
-      return body_.set_value("failed: read: " + ec.message());
-    http::response<http::string_body> res{http::status::ok, 11};
-    res.body() = "{}";
-    res.keep_alive(false);
-    res.prepare_payload();
-    http::write(stream, res, ec);
-    body_.set_value(req.body());
-  }
-
-  boost::asio::io_context ctx_;
-  boost::asio::ssl::context tls_{boost::asio::ssl::context::tls_server};
-  boost::asio::ip::tcp::acceptor acceptor_{ctx_};
-  uint16_t port_ = 0;
-  std::promise<std::string> body_;
-  std::thread thread_;
-};
-
-} // namespace
-
 SCENARIO("otlp exporter: HTTPS with a custom CA", "[otlp][tls]") {
   temp_dir dir;
-  auto cert = dir.file("cert.pem");
-  auto key = dir.file("key.pem");
-  auto gen = run_command(
-    "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-    " -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost"
-    " -keyout " + shell_quote(key) + " -out " + shell_quote(cert));
-  if (gen.exit_code != 0) {
-    WARN("openssl could not make a certificate; TLS test skipped: " << gen.err);
+  auto made = make_localhost_certificate(dir.path().string());
+  if (!made.error.empty()) {
+    WARN("TLS test skipped: " << made.error);
     return;
   }
-  tls_receiver rx{cert, key};
-  auto body = rx.body();
+  const auto& cert = made.cert;
+  tls_once_server rx{cert, made.key};
+  auto body = rx.exchange();
   otlp_options o;
   o.endpoint = "https://localhost:" + std::to_string(rx.port()) + "/v1/traces";
   o.flush_interval = std::chrono::hours{1};
@@ -838,7 +761,7 @@ SCENARIO("otlp exporter: HTTPS with a custom CA", "[otlp][tls]") {
     REQUIRE(exporter.flush(wait_limit));
     THEN("the spans arrive over TLS") {
       REQUIRE(body.wait_for(wait_limit) == std::future_status::ready);
-      auto doc = json::parse(body.get(), nullptr, false);
+      auto doc = json::parse(body.get().body, nullptr, false);
       REQUIRE(doc.is_object());
       CHECK(doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"]
             == sid(1));
@@ -854,7 +777,7 @@ SCENARIO("otlp exporter: HTTPS with a custom CA", "[otlp][tls]") {
       CHECK(st.dropped_after_retries == 1);
       CHECK_THAT(st.last_error, Catch::Contains("TLS handshake localhost:"));
       REQUIRE(body.wait_for(wait_limit) == std::future_status::ready);
-      CHECK_THAT(body.get(), Catch::StartsWith("failed: handshake"));
+      CHECK_THAT(body.get().outcome, Catch::StartsWith("handshake: "));
     }
   }
 }

@@ -32,6 +32,29 @@ std::string support_swarm() {
 
 const std::regex listening{R"(serve: listening on http://127\.0\.0\.1:(\d+))"};
 
+/// The port a started `troupe serve` says it listens on.
+uint16_t listening_port(child_process& child) {
+  REQUIRE(child.started());
+  auto m = child.wait_for_line(listening, 60s);
+  INFO(child.err());
+  REQUIRE(m.size() == 2);
+  return static_cast<uint16_t>(std::stoi(m[1]));
+}
+
+/// Follows run `id`'s events to the end; returns its last (final) status.
+json final_status(uint16_t port, const std::string& id,
+                  const std::string& token = "") {
+  api_request events;
+  events.target = "/v1/runs/" + id + "/events";
+  events.token = token;
+  sse_stream s{port, events};
+  REQUIRE(s.status() == 200);
+  auto frames = s.rest(60s);
+  CHECK(s.ended());
+  REQUIRE(!frames.empty());
+  return json::parse(frames.back().data);
+}
+
 } // namespace
 
 TEST_CASE("troupe serve: runs submitted over HTTP complete; SIGTERM stops it "
@@ -49,11 +72,7 @@ TEST_CASE("troupe serve: runs submitted over HTTP complete; SIGTERM stops it "
                        "127.0.0.1:0", "--store", dir.file("runs.db"), "--auth",
                        auth, "--trace", trace},
                       dir.path().string(), dir.file("out.txt")};
-  REQUIRE(child.started());
-  auto m = child.wait_for_line(listening, 60s);
-  INFO(child.err());
-  REQUIRE(m.size() == 2);
-  auto port = static_cast<uint16_t>(std::stoi(m[1]));
+  auto port = listening_port(child);
 
   CHECK(api_get(port, "/healthz").status == 200);
   CHECK(api_get(port, "/v1/runs").status == 401);
@@ -64,15 +83,7 @@ TEST_CASE("troupe serve: runs submitted over HTTP complete; SIGTERM stops it "
                       token);
   REQUIRE(sub.status == 202);
   auto id = sub.json()["id"].get<std::string>();
-  api_request events;
-  events.target = "/v1/runs/" + id + "/events";
-  events.token = token;
-  sse_stream s{port, events};
-  REQUIRE(s.status() == 200);
-  auto frames = s.rest(60s);
-  CHECK(s.ended());
-  REQUIRE(!frames.empty());
-  CHECK(json::parse(frames.back().data)["status"] == "complete");
+  CHECK(final_status(port, id, token)["status"] == "complete");
   auto run = api_get(port, "/v1/runs/" + id, token).json();
   CHECK(run["status"] == "complete");
   CHECK(run["answer"].get<std::string>().find("36") != std::string::npos);
@@ -149,11 +160,7 @@ TEST_CASE("troupe serve: GET /metrics counts the runs it served, and "
   child_process child{{cli_path(), "serve", support_swarm(), "--listen",
                        "127.0.0.1:0", "--store", dir.file("runs.db")},
                       dir.path().string(), dir.file("out.txt")};
-  REQUIRE(child.started());
-  auto m = child.wait_for_line(listening, 60s);
-  INFO(child.err());
-  REQUIRE(m.size() == 2);
-  auto port = static_cast<uint16_t>(std::stoi(m[1]));
+  auto port = listening_port(child);
 
   auto before = api_get(port, "/metrics");
   REQUIRE(before.status == 200);
@@ -168,14 +175,8 @@ TEST_CASE("troupe serve: GET /metrics counts the runs it served, and "
                          {"goal", "A customer asks: what is your refund "
                                   "policy, and how much is 15% of 240 EUR?"}});
     REQUIRE(sub.status == 202);
-    api_request events;
-    events.target = "/v1/runs/" + sub.json()["id"].get<std::string>()
-                    + "/events";
-    sse_stream s{port, events};
-    REQUIRE(s.status() == 200);
-    auto frames = s.rest(60s);
-    REQUIRE(!frames.empty());
-    REQUIRE(json::parse(frames.back().data)["status"] == "complete");
+    REQUIRE(final_status(port, sub.json()["id"].get<std::string>())["status"]
+            == "complete");
   }
 
   auto after = api_get(port, "/metrics");
