@@ -114,9 +114,7 @@ struct api_fixture {
 
   /// The events of a run from the start until its stream ends.
   std::vector<sse_frame> all_events(const std::string& id) {
-    api_request r;
-    r.target = "/v1/runs/" + id + "/events";
-    r.token = viewer_token;
+    auto r = events_request(id, viewer_token);
     sse_stream s{port, r};
     REQUIRE(s.status() == 200);
     auto frames = s.rest(60s);
@@ -671,9 +669,7 @@ TEST_CASE("http api: a finished run's events replay, and resume after "
     check_error(api_get(fx.port, "/v1/runs/" + id + "/events?after=-1",
                         viewer_token),
                 400, "bad_request", "after");
-    api_request r;
-    r.target = "/v1/runs/" + id + "/events";
-    r.token = viewer_token;
+    auto r = events_request(id, viewer_token);
     r.headers = {{"Last-Event-ID", "abc"}};
     check_error(api_call(fx.port, r), 400, "bad_request", "Last-Event-ID");
   }
@@ -693,9 +689,7 @@ TEST_CASE("http api: a stream too far behind ends, and resumes from "
   int streams = 0;
   while (all.empty() || !is_final(all.back())) {
     REQUIRE(streams < 1000);
-    api_request r;
-    r.target = "/v1/runs/" + id + "/events";
-    r.token = viewer_token;
+    auto r = events_request(id, viewer_token);
     if (!all.empty())
       r.headers = {{"Last-Event-ID", all.back().id}};
     sse_stream s{fx.port, r};
@@ -717,9 +711,7 @@ TEST_CASE("http api: a live run's events arrive in order, approval and all",
           "[http-api]") {
   api_fixture fx;
   auto id = fx.submit("refund-desk", refund_goal);
-  api_request r;
-  r.target = "/v1/runs/" + id + "/events";
-  r.token = viewer_token;
+  auto r = events_request(id, viewer_token);
   sse_stream s{fx.port, r};
   REQUIRE(s.status() == 200);
   // The run waits for a human: its approval event arrives on the stream.
@@ -750,9 +742,7 @@ TEST_CASE("http api: an idle stream gets keep-alive comments", "[http-api]") {
   opts.keep_alive_interval = 50ms;
   api_fixture fx{opts};
   auto id = fx.submit("refund-desk", refund_goal);
-  api_request r;
-  r.target = "/v1/runs/" + id + "/events";
-  r.token = viewer_token;
+  auto r = events_request(id, viewer_token);
   sse_stream s{fx.port, r};
   REQUIRE(s.status() == 200);
   read_until(s, [](const sse_frame& f) { return f.event == "approval"; });
@@ -769,9 +759,7 @@ TEST_CASE("http api: an idle stream gets keep-alive comments", "[http-api]") {
 TEST_CASE("http api: stop() ends open event streams", "[http-api]") {
   api_fixture fx;
   auto id = fx.submit("refund-desk", refund_goal);
-  api_request r;
-  r.target = "/v1/runs/" + id + "/events";
-  r.token = viewer_token;
+  auto r = events_request(id, viewer_token);
   sse_stream s{fx.port, r};
   REQUIRE(s.status() == 200);
   read_until(s, [](const sse_frame& f) { return f.event == "approval"; });
@@ -788,9 +776,7 @@ TEST_CASE("http api: queued and running runs are cancelled; twice is 409",
           "[http-api]") {
   api_fixture fx{{}, true, 1};
   auto running = fx.submit("refund-desk", refund_goal);
-  api_request r;
-  r.target = "/v1/runs/" + running + "/events";
-  r.token = viewer_token;
+  auto r = events_request(running, viewer_token);
   sse_stream s{fx.port, r};
   REQUIRE(s.status() == 200);
   // Waiting for approval, it holds the only slot: the next one queues.
@@ -836,9 +822,7 @@ TEST_CASE("http api: a pending approval is listed and decided once",
           "[http-api]") {
   api_fixture fx;
   auto id = fx.submit("refund-desk", refund_goal);
-  api_request r;
-  r.target = "/v1/runs/" + id + "/events";
-  r.token = viewer_token;
+  auto r = events_request(id, viewer_token);
   sse_stream s{fx.port, r};
   REQUIRE(s.status() == 200);
   read_until(s, [](const sse_frame& f) { return f.event == "approval"; });

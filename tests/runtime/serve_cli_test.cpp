@@ -44,10 +44,7 @@ uint16_t listening_port(child_process& child) {
 /// Follows run `id`'s events to the end; returns its last (final) status.
 json final_status(uint16_t port, const std::string& id,
                   const std::string& token = "") {
-  api_request events;
-  events.target = "/v1/runs/" + id + "/events";
-  events.token = token;
-  sse_stream s{port, events};
+  sse_stream s{port, events_request(id, token)};
   REQUIRE(s.status() == 200);
   auto frames = s.rest(60s);
   CHECK(s.ended());

@@ -178,6 +178,14 @@ api_response api_call(uint16_t port, const api_request& r,
   return out;
 }
 
+api_request events_request(const std::string& run_id,
+                           const std::string& token) {
+  api_request req;
+  req.target = "/v1/runs/" + run_id + "/events";
+  req.token = token;
+  return req;
+}
+
 api_response api_get(uint16_t port, const std::string& target,
                      const std::string& token) {
   api_request r;

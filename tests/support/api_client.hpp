@@ -51,6 +51,11 @@ struct api_request {
 api_response api_call(uint16_t port, const api_request& req,
                       std::chrono::milliseconds limit = std::chrono::seconds{15});
 
+/// GET /v1/runs/{run_id}/events with `token` (add Last-Event-ID to its
+/// headers to resume).
+api_request events_request(const std::string& run_id,
+                           const std::string& token = "");
+
 /// GET `target` with `token`.
 api_response api_get(uint16_t port, const std::string& target,
                      const std::string& token = "");
