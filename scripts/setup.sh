@@ -54,4 +54,12 @@ export DEBIAN_FRONTEND=noninteractive
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
 "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
   apt-get install -y --no-install-recommends "${missing[@]}"
+# The prometheus package is wanted for promtool alone, but it enables and
+# starts a Prometheus server under systemd: one this script installed is
+# stopped and disabled again (a server that was already there is left alone).
+if [[ " ${missing[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+  if "${as_root[@]}" systemctl disable --now prometheus >/dev/null 2>&1; then
+    echo "setup: stopped and disabled the prometheus service (only promtool is used)"
+  fi
+fi
 echo "setup: done"
