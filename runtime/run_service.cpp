@@ -215,6 +215,28 @@ json approval_to_json(const approval_request& req) {
               {"expires_ms", req.created_ms + req.ttl_ms}};
 }
 
+namespace {
+
+/// Each limit of `a` and `b` that is set (non-zero), the smaller of two.
+budget_limits narrowest(const budget_limits& a, const budget_limits& b) {
+  auto pick = [](auto x, auto y) {
+    if (x <= 0)
+      return y;
+    if (y <= 0)
+      return x;
+    return std::min(x, y);
+  };
+  budget_limits out;
+  out.max_steps = pick(a.max_steps, b.max_steps);
+  out.max_input_tokens = pick(a.max_input_tokens, b.max_input_tokens);
+  out.max_output_tokens = pick(a.max_output_tokens, b.max_output_tokens);
+  out.max_cost_usd = pick(a.max_cost_usd, b.max_cost_usd);
+  out.deadline_ms = pick(a.deadline_ms, b.deadline_ms);
+  return out;
+}
+
+} // namespace
+
 // -- the service --------------------------------------------------------------
 
 struct run_service::impl : std::enable_shared_from_this<impl> {
@@ -222,6 +244,9 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
   struct slot {
     swarm_entry entry;
     swarm_definition def;
+    /// The swarm file's budget, which bounds each of its runs here (in
+    /// `troupe run` it bounds the one run the process makes).
+    budget_limits run_budget;
     std::unique_ptr<runtime> rt;
     /// The runtime's store actor (set before any run starts).
     store_actor events;
@@ -467,7 +492,7 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
     run_options ro;
     ro.principal = sub.principal;
     ro.priority = sub.priority;
-    ro.budget = sub.budget;
+    ro.budget = narrowest(sub.budget, s.run_budget);
     ro.max_steps = sub.max_steps;
     ro.context = sub.context;
     ro.timeout = sub.timeout_ms > 0 ? std::chrono::milliseconds{sub.timeout_ms}
@@ -631,6 +656,10 @@ run_service::run_service(std::vector<std::string> swarm_paths,
     for (auto& [name, s] : d.slots) {
       runtime_config cfg;
       configure(cfg, s->def);
+      // A server makes many runs of a swarm: its budget is each run's, not
+      // one for all of them (a hook below may still set a global one).
+      s->run_budget = cfg.budget.global;
+      cfg.budget.global = {};
       cfg.model_override = model_override_from_env();
       cfg.load_middleman = false;
       cfg.store = d.db;

@@ -218,6 +218,34 @@ TEST_CASE("a run left unfinished by its service resumes in the next one with "
   }
 }
 
+TEST_CASE("a swarm's budget bounds each run a service makes of it, and a "
+          "submission's budget narrows it",
+          "[run-service]") {
+  temp_dir dir;
+  // Three steps is what one run takes (the clerk's two, the reviewer's one):
+  // as one budget for all runs, it would refuse the second run.
+  auto swarm = test::write_durable_swarm(dir);
+  auto doc = json::parse(test::read_file(swarm));
+  doc["budget"] = {{"max_steps", 3}};
+  std::ofstream{swarm} << doc.dump(2);
+  run_service svc({swarm}, options(dir));
+  for (auto name : {"one", "two", "three"}) {
+    auto rec = svc.wait(svc.submit(item(name)).id, std::chrono::seconds{30});
+    INFO(name << ": " << rec.error);
+    CHECK(rec.status == "complete");
+    CHECK(rec.steps == 3);
+  }
+  auto narrow = item("four");
+  narrow.budget.max_steps = 2;
+  auto rec = svc.wait(svc.submit(narrow).id, std::chrono::seconds{30});
+  CHECK(rec.status == "halted");
+  CHECK_THAT(rec.error, Catch::Contains("budget"));
+  CHECK(rec.steps == 2);
+  // The clerk's two steps went through and the reviewer's was refused: the
+  // fourth item was recorded but never signed off.
+  CHECK(side_effects(dir).size() == 4);
+}
+
 TEST_CASE("submissions are checked field by field", "[run-service]") {
   CHECK_THROWS_WITH(submission_from_json(json::array()),
                     Catch::Contains("must be a JSON object"));
