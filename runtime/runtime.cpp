@@ -118,10 +118,29 @@ runtime::~runtime() {
   shutdown();
 }
 
+void runtime::track(const caf::actor_addr& addr) {
+  if (owned_.size() >= prune_at_) {
+    owned_.erase(std::remove_if(owned_.begin(), owned_.end(),
+                                [](const caf::actor_addr& a) {
+                                  return caf::actor_cast<caf::strong_actor_ptr>(
+                                           a)
+                                         == nullptr;
+                                }),
+                 owned_.end());
+    prune_at_ = std::max<size_t>(64, 2 * owned_.size());
+  }
+  owned_.push_back(addr);
+}
+
+size_t runtime::tracked_actors() const {
+  std::lock_guard<std::mutex> guard{mtx_};
+  return owned_.size();
+}
+
 void runtime::own(const caf::actor_addr& addr) {
   std::unique_lock<std::mutex> lock{mtx_};
   if (!stopped_) {
-    owned_.push_back(addr);
+    track(addr);
     return;
   }
   lock.unlock();
@@ -263,20 +282,20 @@ tool_actor runtime::tool(const std::string& name, const std::string& version) {
   tool_actor front = spawn_tool_adapter(
     *sys_, def, blocking_,
     def->definition.read_only ? ledger_actor{} : ledger_);
-  owned_.push_back(front.address());
+  track(front.address());
   if (guards.limits.any()) {
     front = spawn_tool_limiter(*sys_, name, guards.limits, front, tracer_);
-    owned_.push_back(front.address());
+    track(front.address());
   }
   if (guards.breaker.failure_threshold > 0) {
     auto breaker = spawn_breaker(*sys_, name, guards.breaker, front, tracer_);
-    owned_.push_back(breaker.address());
+    track(breaker.address());
     breakers_.emplace(key, breaker);
     front = breaker;
   }
   if (guards.retry.max_retries > 0) {
     front = spawn_retrier(*sys_, name, guards.retry, front, tracer_);
-    owned_.push_back(front.address());
+    track(front.address());
   }
   adapters_.emplace(key, front);
   return front;

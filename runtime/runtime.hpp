@@ -328,9 +328,19 @@ public:
   /// results and the other calls throw std::logic_error.
   void shutdown();
 
+  /// How many actor addresses this runtime keeps for shutdown() to stop:
+  /// those it spawned or adopted, less ended ones, which it drops whenever
+  /// the list has doubled (a server spawns a swarm's actors for every run).
+  size_t tracked_actors() const;
+
 private:
   /// Keeps track of an actor so shutdown() can stop it.
   void own(const caf::actor_addr& addr);
+
+  /// own() with mtx_ held: drops the addresses of ended actors whenever the
+  /// list has doubled since it was last pruned (an address keeps an ended
+  /// actor's memory), then adds `addr`.
+  void track(const caf::actor_addr& addr);
 
   /// Throws std::logic_error after shutdown().
   void ensure_running(const char* what) const;
@@ -390,6 +400,8 @@ private:
   /// Breakers by tool name and version ("name@1.0.0").
   std::map<std::string, breaker_actor> breakers_;
   std::vector<caf::actor_addr> owned_;
+  /// owned_'s size at which track() next drops ended actors.
+  size_t prune_at_ = 64;
   bool stopped_ = false;
   caf::actor node_;
   node_options node_opts_;

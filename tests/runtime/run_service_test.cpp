@@ -246,6 +246,25 @@ TEST_CASE("a swarm's budget bounds each run a service makes of it, and a "
   CHECK(side_effects(dir).size() == 4);
 }
 
+TEST_CASE("a long-lived service lets go of the actors of ended runs",
+          "[run-service]") {
+  temp_dir dir;
+  auto swarm = test::write_durable_swarm(dir);
+  run_service svc({swarm}, options(dir));
+  REQUIRE(svc.runtimes().size() == 1);
+  auto& rt = *svc.runtimes()[0].second;
+  auto before = rt.tracked_actors();
+  // Each run instantiates the swarm anew (clerk, reviewer, the desk team):
+  // 120 runs spawn several hundred actors.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 120; ++i)
+    ids.push_back(svc.submit(item("n" + std::to_string(i))).id);
+  for (const auto& id : ids)
+    REQUIRE(svc.wait(id, std::chrono::seconds{60}).status == "complete");
+  INFO("tracked before: " << before << ", after: " << rt.tracked_actors());
+  CHECK(rt.tracked_actors() < 150);
+}
+
 TEST_CASE("submissions are checked field by field", "[run-service]") {
   CHECK_THROWS_WITH(submission_from_json(json::array()),
                     Catch::Contains("must be a JSON object"));
