@@ -401,6 +401,8 @@ struct metrics::impl {
   /// Chat spans whose reply came from the journal (a model.replayed event
   /// names the span before it ends), oldest first; bounded, in case a span
   /// never ends.
+  /// The last status run_status() heard for each unfinished run.
+  std::map<std::string, std::string> run_statuses;
   std::unordered_set<std::string> replayed;
   std::deque<std::string> replayed_order;
   static constexpr size_t max_replayed = 4096;
@@ -665,6 +667,25 @@ void metrics::run_status_changed(const std::string& swarm,
     st.at(st.runs_finished, {swarm, to}).Increment();
   else
     move(to, +1);
+}
+
+void metrics::run_status(const std::string& run_id, const std::string& swarm,
+                         const std::string& to) {
+  std::string from;
+  {
+    auto& st = *impl_;
+    std::lock_guard<std::mutex> guard{st.mtx};
+    auto i = st.run_statuses.find(run_id);
+    if (i != st.run_statuses.end())
+      from = i->second;
+    if (is_finished_status(to)) {
+      if (i != st.run_statuses.end())
+        st.run_statuses.erase(i);
+    } else if (!to.empty()) {
+      st.run_statuses[run_id] = to;
+    }
+  }
+  run_status_changed(swarm, from, to);
 }
 
 void metrics::run_finished(const std::string& swarm, const std::string& status,

@@ -119,6 +119,14 @@ public:
   void run_status_changed(const std::string& swarm, const std::string& from,
                           const std::string& to);
 
+  /// Run `run_id` of `swarm` is now in status `to`: run_status_changed with
+  /// the status this object last heard for that run as `from`. A run it has
+  /// not heard of yet (a new one, or one resumed from a store) counts as
+  /// new, whatever status it had before; a finished one is forgotten. What
+  /// the run service calls.
+  void run_status(const std::string& run_id, const std::string& swarm,
+                  const std::string& to);
+
   /// A run of `swarm` ended: its steps, tokens, cost and how long it ran.
   /// Negative or non-finite figures are left out.
   void run_finished(const std::string& swarm, const std::string& status,

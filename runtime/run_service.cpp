@@ -387,14 +387,14 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
 
   /// The record of run `id`, which has not ended. Throws not_found_error or
   /// conflict_error.
-  std::optional<stored_run> unfinished_run(const std::string& id) {
+  stored_run unfinished_run(const std::string& id) {
     auto rec = db->get_run(id);
     if (!rec)
       throw not_found_error("no run '" + id + "'");
     if (is_finished_status(rec->status))
       throw conflict_error("run '" + id + "' has already ended ("
                            + rec->status + ")");
-    return rec;
+    return std::move(*rec);
   }
 
   void status_changed(const stored_run& run, const std::string& from) {
@@ -452,6 +452,12 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
       return;
     }
     auto rec = std::move(*found);
+    if (is_finished_status(rec.status)) {
+      // Cancelled while it waited for room.
+      std::lock_guard<std::mutex> guard{mtx};
+      active.erase(id);
+      return;
+    }
     auto si = slots.find(rec.swarm);
     if (si == slots.end()) {
       fail_to_start(rec, "swarm '" + rec.swarm + "' is not served here");
@@ -775,11 +781,11 @@ stored_run run_service::cancel(const std::string& id, const std::string& who) {
     } else {
       auto i = d.active.find(id);
       if (i == d.active.end())
-        throw conflict_error("run '" + id + "' is " + rec->status
+        throw conflict_error("run '" + id + "' is " + rec.status
                              + " but not here: a service on this store "
                                "resumes it");
       if (i->second.cancelling)
-        return *rec;
+        return rec;
       i->second.cancelling = true;
       i->second.cancelled_by = who;
       to_stop = i->second.actors;
@@ -788,23 +794,23 @@ stored_run run_service::cancel(const std::string& id, const std::string& who) {
   if (!was_queued) {
     // A run still starting has no actors yet: start() stops them.
     impl::stop_actors(to_stop);
-    return *rec;
+    return rec;
   }
   {
-    auto from = rec->status;
-    rec->status = "cancelled";
-    rec->error = "cancelled by " + who + " before it started";
-    rec->ended_ms = now_ms();
-    d.db->put_run(*rec);
-    d.status_changed(*rec, from);
-    auto si = d.slots.find(rec->swarm);
+    auto from = rec.status;
+    rec.status = "cancelled";
+    rec.error = "cancelled by " + who + " before it started";
+    rec.ended_ms = now_ms();
+    d.db->put_run(rec);
+    d.status_changed(rec, from);
+    auto si = d.slots.find(rec.swarm);
     if (si != d.slots.end())
       d.emit(*si->second, id,
              json{{"type", "status"}, {"status", "cancelled"},
-                  {"error", rec->error}});
+                  {"error", rec.error}});
     d.changed.notify_all();
   }
-  return *rec;
+  return rec;
 }
 
 stored_run run_service::resume(const std::string& id) {
@@ -819,7 +825,7 @@ stored_run run_service::resume(const std::string& id) {
       d.queue.erase(q);
   }
   d.enqueue(id, true);
-  return *rec;
+  return rec;
 }
 
 std::vector<std::string> run_service::resume_unfinished() {

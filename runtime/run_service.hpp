@@ -8,8 +8,9 @@
 //   auto rec = svc.submit({"research", "What is CAF?"});   // 202: queued
 //   ... svc.get(rec.id)->status == "complete"
 //
-// Every swarm gets its own runtime (its budget, prices, policy and model
-// limits are the runtime's), sharing one store. A submitted run is recorded
+// Every swarm gets its own runtime (its prices, policy and model limits are
+// the runtime's; its budget bounds each run, narrowed by a submission's
+// budget), sharing one store. A submitted run is recorded
 // in the store before submit() returns; it starts when fewer than
 // `max_concurrent_runs` are running, on a fresh instance of its swarm (its
 // own agents and teams), with the run id and trace id of its record. Each
@@ -78,14 +79,17 @@ struct run_service_options {
   /// when a run ends (its own checkpoints) and at start.
   std::chrono::milliseconds compact_every{std::chrono::minutes{10}};
   /// Called with each swarm's runtime config before its runtime starts (add
-  /// trace listeners, a trace file, TLS, thread counts...).
+  /// trace listeners, a trace file, TLS, thread counts...). Its
+  /// budget.global is empty by then (the swarm's budget is each run's); one
+  /// set here bounds all of the swarm's runs together.
   std::function<void(runtime_config&, const swarm_definition&)> configure;
   /// Called with each swarm's runtime once it runs (register extra tools).
   std::function<void(runtime&, const swarm_definition&)> setup;
   /// Called with a run's record each time its status changes, and the
-  /// status it had ("" for a new run): metrics. Called before the status
-  /// event goes out, so whoever saw the event sees what this counted. On a
-  /// service thread; keep it short.
+  /// status it had ("" for a new run; a run resumed from the store reports
+  /// the status the store had): metrics. Called before the status event goes
+  /// out, so whoever saw the event sees what this counted. On the service's
+  /// thread, or on the caller's for submit() and cancel(); keep it short.
   std::function<void(const stored_run&, const std::string& from)> on_status;
 };
 

@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 
+#include <caf/actor_control_block.hpp>
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/event_based_actor.hpp>
@@ -120,11 +121,13 @@ runtime::~runtime() {
 
 void runtime::track(const caf::actor_addr& addr) {
   if (owned_.size() >= prune_at_) {
+    // Read the strong count rather than upgrading the address: an upgrade
+    // could end up destroying the actor here, under mtx_.
     owned_.erase(std::remove_if(owned_.begin(), owned_.end(),
                                 [](const caf::actor_addr& a) {
-                                  return caf::actor_cast<caf::strong_actor_ptr>(
-                                           a)
-                                         == nullptr;
+                                  auto* ctrl = a.get();
+                                  return ctrl == nullptr
+                                         || ctrl->strong_refs.load() == 0;
                                 }),
                  owned_.end());
     prune_at_ = std::max<size_t>(64, 2 * owned_.size());

@@ -70,7 +70,9 @@ void one_source(const std::optional<T>& flag, const std::optional<U>& file,
 /// A run's status change in the metrics: the live gauge, the queue wait
 /// when it starts, and its totals when it ends.
 void count_status(metrics& m, const stored_run& run, const std::string& from) {
-  m.run_status_changed(run.swarm, from, run.status);
+  // By run id: a run resumed from the store was never counted here, whatever
+  // status it had.
+  m.run_status(run.id, run.swarm, run.status);
   if (run.status == "running" && from == "queued" && run.started_ms > 0
       && run.created_ms > 0 && run.attempts == 1)
     m.observe_queue_wait(

@@ -52,9 +52,12 @@ struct serve_command {
 /// Extra parts for a server a program assembles around run_serve.
 struct serve_hooks {
   /// Called with the run service's options before it starts (trace
-  /// listeners, metrics, tools).
+  /// listeners, metrics, tools). Chain the `configure` and `on_status` it
+  /// already holds rather than replacing them: they feed the trace file, the
+  /// OTLP exporter and troupe's own metrics.
   std::function<void(run_service_options&)> configure;
-  /// GET /metrics.
+  /// GET /metrics; empty = troupe's own metrics (runtime/metrics.hpp) of
+  /// every swarm's trace and of the run service.
   http_api::metrics_fn metrics_text;
   /// The dashboard's files.
   http_api::assets_fn assets;

@@ -2,12 +2,9 @@
 
 #include <catch2/catch.hpp>
 
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <future>
 #include <limits>
 #include <map>
@@ -637,6 +634,41 @@ SCENARIO("the run service's calls move the run gauges and counters",
       CHECK(bucket(s, "troupe_run_queue_wait_seconds", {}, 0.25) == 1);
       CHECK(bucket(s, "troupe_run_queue_wait_seconds", {}, 2.5) == 2);
     }
+  }
+}
+
+SCENARIO("runs reported by id: resumed runs count as new, finished ones "
+         "leave the gauges",
+         "[metrics]") {
+  metrics m;
+  // Two runs a restarted service resumes: the store had them "running",
+  // and nothing in this process counted them before.
+  m.run_status("r1", "desk", "running");
+  m.run_status("r2", "desk", "running");
+  // A new one, queued and then started.
+  m.run_status("r3", "desk", "queued");
+  auto s = parse(m.render());
+  CHECK(value(s, "troupe_runs", {{"status", "running"}}) == 2);
+  CHECK(value(s, "troupe_runs", {{"status", "queued"}}) == 1);
+  m.run_status("r3", "desk", "running");
+  m.run_status("r1", "desk", "complete");
+  s = parse(m.render());
+  CHECK(value(s, "troupe_runs", {{"status", "running"}}) == 2);
+  CHECK(value(s, "troupe_runs", {{"status", "queued"}}) == 0);
+  m.run_status("r2", "desk", "failed");
+  m.run_status("r3", "desk", "complete");
+  s = parse(m.render());
+  CHECK(value(s, "troupe_runs", {{"status", "running"}}) == 0);
+  CHECK(value(s, "troupe_runs_finished_total",
+              {{"swarm", "desk"}, {"status", "complete"}})
+        == 2);
+  CHECK(value(s, "troupe_runs_finished_total",
+              {{"swarm", "desk"}, {"status", "failed"}})
+        == 1);
+  THEN("a finished run is forgotten: reported again, it counts as new") {
+    m.run_status("r1", "desk", "running");
+    CHECK(value(parse(m.render()), "troupe_runs", {{"status", "running"}})
+          == 1);
   }
 }
 

@@ -200,7 +200,8 @@ TEST_CASE("troupe serve: GET /metrics counts the runs it served, and "
     if (s.name == "troupe_tool_calls_total"
         && s.labels.count("tool") != 0 && s.labels.at("tool") == "calculator")
       calculator_calls += s.value;
-    if (s.name == "troupe_tokens_total" && s.labels.at("kind") == "input")
+    if (s.name == "troupe_tokens_total" && s.labels.count("kind") != 0
+        && s.labels.at("kind") == "input")
       input_tokens += s.value;
   }
   CHECK(model_calls >= 2 * runs);

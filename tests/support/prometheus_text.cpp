@@ -101,9 +101,9 @@ process_output promtool_check(const std::string& exposition) {
   temp_dir dir;
   auto file = dir.write("metrics.txt", exposition);
   // run_command gives the shell /dev/null as stdin; an inner shell feeds
-  // promtool the file instead.
+  // promtool the file instead, and a hung promtool is stopped after 60 s.
   return run_command("/bin/sh -c "
-                     + shell_quote("exec " + shell_quote(promtool)
+                     + shell_quote("exec timeout 60 " + shell_quote(promtool)
                                    + " check metrics < " + shell_quote(file)));
 }
 

@@ -1,5 +1,6 @@
 #include "support/tls_once_server.hpp"
 
+#include <atomic>
 #include <thread>
 #include <utility>
 
@@ -52,6 +53,7 @@ struct tls_once_server::impl {
     boost::system::error_code ec;
     boost::asio::ip::tcp::socket sock{ctx};
     acceptor.accept(sock, ec);
+    accepted = true;
     if (ec)
       return failed("accept", ec);
     ssl::stream<boost::asio::ip::tcp::socket> stream{std::move(sock), tls};
@@ -81,6 +83,7 @@ struct tls_once_server::impl {
   boost::asio::ssl::context tls{boost::asio::ssl::context::tls_server};
   boost::asio::ip::tcp::acceptor acceptor{ctx};
   uint16_t port = 0;
+  std::atomic<bool> accepted{false};
   std::promise<tls_exchange> done;
   std::thread thread;
 };
@@ -92,6 +95,16 @@ tls_once_server::tls_once_server(const std::string& cert,
 }
 
 tls_once_server::~tls_once_server() {
+  if (!impl_->accepted) {
+    // No client came (a test that failed early): a connection of our own
+    // ends the blocking accept, and the handshake fails at once.
+    boost::asio::io_context ctx;
+    boost::asio::ip::tcp::socket sock{ctx};
+    boost::system::error_code ec;
+    sock.connect({boost::asio::ip::make_address("127.0.0.1"), impl_->port},
+                 ec);
+    sock.close(ec);
+  }
   impl_->thread.join();
 }
 
