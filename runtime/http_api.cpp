@@ -6,6 +6,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -615,6 +616,8 @@ struct http_api::impl {
 
   mutable std::mutex mtx;
   std::unordered_map<session*, std::weak_ptr<session>> sessions;
+  /// Notified whenever a session leaves `sessions`.
+  mutable std::condition_variable closed;
   bool started = false;
   bool stopped = false;
   std::string address; // host:port, for logs
@@ -1520,8 +1523,11 @@ void http_api::impl::on_accept(beast::error_code ec, tcp::socket sock) {
 }
 
 void http_api::impl::forget(session* s) {
-  std::lock_guard<std::mutex> guard{mtx};
-  sessions.erase(s);
+  {
+    std::lock_guard<std::mutex> guard{mtx};
+    sessions.erase(s);
+  }
+  closed.notify_all();
 }
 
 void http_api::impl::stop() {
@@ -1613,6 +1619,14 @@ const http_api_options& http_api::options() const noexcept {
 size_t http_api::connections() const {
   std::lock_guard<std::mutex> guard{impl_->mtx};
   return impl_->sessions.size();
+}
+
+bool http_api::wait_connections(size_t at_most,
+                                std::chrono::milliseconds limit) const {
+  std::unique_lock<std::mutex> lock{impl_->mtx};
+  return impl_->closed.wait_for(lock, limit, [this, at_most] {
+    return impl_->sessions.size() <= at_most;
+  });
 }
 
 } // namespace troupe

@@ -159,6 +159,10 @@ public:
   /// Connections open now.
   size_t connections() const;
 
+  /// Waits until at most `at_most` connections are open (a closed one counts
+  /// once the server has seen it close); false when `limit` passes first.
+  bool wait_connections(size_t at_most, std::chrono::milliseconds limit) const;
+
   struct impl;
 
 private:

@@ -15,7 +15,6 @@
 #include <memory>
 #include <set>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -501,12 +500,8 @@ TEST_CASE("http api: past max_connections a connection is answered 503",
   auto res = api_get(fx.port, "/healthz");
   check_error(res, 503, "unavailable", "too many connections");
   held.close();
-  // Once the server has seen the first one close, there is room again
-  // (nothing signals that to a test: poll the count, with a deadline).
-  auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (fx.api->connections() > 0
-         && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(5ms);
+  // Once the server has seen the first one close, there is room again.
+  REQUIRE(fx.api->wait_connections(0, 10s));
   CHECK(api_get(fx.port, "/healthz").status == 200);
 }
 
