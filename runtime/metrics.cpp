@@ -688,6 +688,25 @@ void metrics::run_status(const std::string& run_id, const std::string& swarm,
   run_status_changed(swarm, from, to);
 }
 
+void metrics::run_changed(const stored_run& run, const std::string& from) {
+  // By run id: a run resumed from the store was never counted here, whatever
+  // status it had.
+  run_status(run.id, run.swarm, run.status);
+  if (run.status == "running" && from == "queued" && run.started_ms > 0
+      && run.created_ms > 0 && run.attempts == 1)
+    observe_queue_wait(static_cast<double>(run.started_ms - run.created_ms)
+                       / 1000.0);
+  if (is_finished_status(run.status)) {
+    double duration = run.started_ms > 0 && run.ended_ms >= run.started_ms
+                        ? static_cast<double>(run.ended_ms - run.started_ms)
+                            / 1000.0
+                        : -1.0;
+    run_finished(run.swarm, run.status, run.steps, run.input_tokens,
+                 run.output_tokens, static_cast<double>(run.cost_nusd) / 1e9,
+                 duration);
+  }
+}
+
 void metrics::run_finished(const std::string& swarm, const std::string& status,
                            int64_t steps, int64_t input_tokens,
                            int64_t output_tokens, double cost_usd,

@@ -6,7 +6,7 @@
 //
 //   troupe::metrics m;
 //   cfg.trace_listeners.push_back(m.listener());   // before the runtime starts
-//   ... m.run_status_changed("research", "queued", "running");
+//   svc_opts.on_status = [&m](auto& run, auto& from) { m.run_changed(run, from); };
 //   std::string body = m.render();                 // Content-Type: m.content_type
 //
 // From trace records (actors/tracer.hpp):
@@ -79,6 +79,8 @@
 
 namespace troupe {
 
+struct stored_run;
+
 /// How a metrics registry is set up.
 struct metrics_options {
   /// Distinct values each label of each metric may take before new ones
@@ -126,6 +128,11 @@ public:
   /// the run service calls.
   void run_status(const std::string& run_id, const std::string& swarm,
                   const std::string& to);
+
+  /// What run_service_options::on_status calls: run_status() with the
+  /// run's record, its queue wait when it first starts (created to started),
+  /// and run_finished() with the record's totals when it ends.
+  void run_changed(const stored_run& run, const std::string& from);
 
   /// A run of `swarm` ended: its steps, tokens, cost and how long it ran.
   /// Negative or non-finite figures are left out.

@@ -67,27 +67,6 @@ void one_source(const std::optional<T>& flag, const std::optional<U>& file,
                                 + ") both set this limit: keep one");
 }
 
-/// A run's status change in the metrics: the live gauge, the queue wait
-/// when it starts, and its totals when it ends.
-void count_status(metrics& m, const stored_run& run, const std::string& from) {
-  // By run id: a run resumed from the store was never counted here, whatever
-  // status it had.
-  m.run_status(run.id, run.swarm, run.status);
-  if (run.status == "running" && from == "queued" && run.started_ms > 0
-      && run.created_ms > 0 && run.attempts == 1)
-    m.observe_queue_wait(
-      static_cast<double>(run.started_ms - run.created_ms) / 1000.0);
-  if (is_finished_status(run.status)) {
-    double duration = run.started_ms > 0 && run.ended_ms >= run.started_ms
-                        ? static_cast<double>(run.ended_ms - run.started_ms)
-                            / 1000.0
-                        : -1.0;
-    m.run_finished(run.swarm, run.status, run.steps, run.input_tokens,
-                   run.output_tokens,
-                   static_cast<double>(run.cost_nusd) / 1e9, duration);
-  }
-}
-
 } // namespace
 
 int run_serve(const serve_command& cmd, std::ostream& log, serve_hooks hooks) {
@@ -161,7 +140,7 @@ int run_serve(const serve_command& cmd, std::ostream& log, serve_hooks hooks) {
     counted = std::make_shared<metrics>();
     svc_opts.on_status = [counted](const stored_run& run,
                                    const std::string& from) {
-      count_status(*counted, run, from);
+      counted->run_changed(run, from);
     };
   }
   svc_opts.configure = [trace, otlp, counted](runtime_config& cfg,

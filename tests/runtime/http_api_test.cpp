@@ -634,8 +634,7 @@ TEST_CASE("http api: a finished run's events replay, and resume after "
     }
   };
   SECTION("Last-Event-ID header") {
-    api_request r;
-    r.target = "/v1/runs/" + id + "/events";
+    auto r = events_request(id);
     r.headers = {{"Last-Event-ID", std::to_string(k)}};
     resumed(r);
   }
@@ -651,10 +650,8 @@ TEST_CASE("http api: a finished run's events replay, and resume after "
     resumed(r);
   }
   SECTION("after the last event: the stream ends at once, empty") {
-    api_request r;
-    r.target = "/v1/runs/" + id + "/events";
+    auto r = events_request(id, viewer_token);
     r.headers = {{"Last-Event-ID", all.back().id}};
-    r.token = viewer_token;
     sse_stream s{fx.port, r};
     REQUIRE(s.status() == 200);
     CHECK(s.rest(30s).empty());

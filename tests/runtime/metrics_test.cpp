@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "runtime/runtime.hpp"
+#include "runtime/store.hpp"
 #include "support/prometheus_text.hpp"
 #include "support/runtime_fixture.hpp"
 #include "support/temp_dir.hpp"
@@ -670,6 +671,40 @@ SCENARIO("runs reported by id: resumed runs count as new, finished ones "
     CHECK(value(parse(m.render()), "troupe_runs", {{"status", "running"}})
           == 1);
   }
+}
+
+SCENARIO("a run service's records feed the run metrics", "[metrics]") {
+  metrics m;
+  stored_run run;
+  run.id = "r1";
+  run.swarm = "desk";
+  run.status = "queued";
+  run.created_ms = 1000;
+  m.run_changed(run, "");
+  run.status = "running";
+  run.attempts = 1;
+  run.started_ms = 1500;
+  m.run_changed(run, "queued");
+  auto s = parse(m.render());
+  CHECK(value(s, "troupe_runs", {{"status", "running"}}) == 1);
+  CHECK(value(s, "troupe_run_queue_wait_seconds_sum") == Approx(0.5));
+  run.status = "complete";
+  run.ended_ms = 3500;
+  run.steps = 3;
+  run.input_tokens = 130;
+  run.output_tokens = 26;
+  run.cost_nusd = 2'000'000;
+  m.run_changed(run, "running");
+  s = parse(m.render());
+  CHECK(value(s, "troupe_runs", {{"status", "running"}}) == 0);
+  CHECK(value(s, "troupe_run_steps_sum", {{"swarm", "desk"}}) == 3);
+  CHECK(value(s, "troupe_tokens_total", {{"swarm", "desk"}, {"kind", "input"}})
+        == 130);
+  CHECK(value(s, "troupe_cost_usd_total", {{"swarm", "desk"}})
+        == Approx(0.002));
+  CHECK(value(s, "troupe_run_duration_seconds_sum",
+              {{"swarm", "desk"}, {"status", "complete"}})
+        == Approx(2.0));
 }
 
 // -- the exposition passes promtool ------------------------------------------
