@@ -259,6 +259,12 @@ struct active_run {
   std::string reservation;
   /// What that reservation set aside.
   budget_amount reserved;
+  /// Everything this run's attempts charged to the budget (checkpointed, so
+  /// a resumed run can tell the budget what earlier attempts spent).
+  budget_amount charged;
+  /// The key the budget counts this durable run's spending under ("" when
+  /// the agent has no store): "RUN_ID/CHECKPOINT_KEY".
+  std::string budget_key;
   /// Calls per tool in this run (policy caps count them).
   std::map<std::string, int32_t> calls_per_tool;
   /// Loop detection: calls by signature, what the run has seen, and steps in
@@ -372,6 +378,38 @@ void close_budget(agent_self self, active_run& run) {
   run.budget_path.clear();
 }
 
+void add_to(budget_amount& x, const budget_amount& y) {
+  x.steps += y.steps;
+  x.tokens += y.tokens;
+  x.cost_nusd += y.cost_nusd;
+}
+
+/// Settles the open reservation of a model call with what it used, counted
+/// under the run's budget key.
+void charge(agent_self self, active_run& run, const std::string& model,
+            const budget_amount& used) {
+  const auto& budget = self->state.links.budget;
+  if (!budget || run.reservation.empty() || run.budget_path.empty())
+    return;
+  self->send(budget, budget_charge{run.budget_path.back().account,
+                                   run.reservation, model, used,
+                                   run.budget_key});
+  run.reservation.clear();
+  add_to(run.charged, used);
+}
+
+/// Tells the budget what the run's attempts have spent up to now: after a
+/// restart, what earlier ones spent (it counts only what it has not seen).
+void recount(agent_self self, active_run& run) {
+  const auto& budget = self->state.links.budget;
+  if (!budget || run.budget_path.empty() || run.budget_key.empty())
+    return;
+  auto ref = run.task.ref;
+  ref.span_id = run.run_span;
+  self->send(budget, budget_recount{std::move(ref), run.budget_path,
+                                    run.budget_key, run.charged});
+}
+
 /// How long a store lookup may take before the run starts without it.
 constexpr auto checkpoint_timeout = std::chrono::seconds{10};
 
@@ -383,6 +421,7 @@ json checkpoint_state(const active_run& run) {
               {"steps", run.result.steps},
               {"usage", run.result.usage},
               {"cost_nusd", run.result.cost_nusd},
+              {"charged", run.charged},
               {"warnings", run.result.warnings},
               {"calls_per_tool", run.calls_per_tool},
               {"call_counts", run.call_counts},
@@ -411,10 +450,16 @@ void restore_state(active_run& run, const json& s) {
   auto stall = s.value("stall", 0);
   auto reroutes = s.value("reroutes", 0);
   auto cost = s.value("cost_nusd", int64_t{0});
+  // Checkpoints from before "charged" was kept: one step per model call.
+  auto charged = s.contains("charged")
+                   ? s.at("charged").get<budget_amount>()
+                   : budget_amount{static_cast<int64_t>(steps.size()), usage,
+                                   cost};
   run.messages = std::move(messages);
   run.result.steps = std::move(steps);
   run.result.usage = usage;
   run.result.cost_nusd = cost;
+  run.charged = charged;
   run.result.warnings = std::move(warnings);
   run.calls_per_tool = std::move(calls_per_tool);
   run.call_counts = std::move(call_counts);
@@ -530,6 +575,7 @@ void continue_from(agent_self self, const json& cp) {
     if (!final || status == "complete") {
       try {
         restore_state(run, state);
+        recount(self, run);
         auto step = static_cast<int64_t>(run.result.steps.size());
         st.trace.event(run.trace_id, run.run_span,
                        final ? "run.replayed" : "run.resumed",
@@ -608,6 +654,7 @@ void begin(agent_self self, run_task task,
   // Replicas and later incarnations of this agent make the same key for the
   // same task of the same run.
   run.checkpoint_key = st.spec.name + "/" + run.task_digest;
+  run.budget_key = run.result.run_id + "/" + run.checkpoint_key;
   auto seq = run.seq;
   self
     ->request(st.links.store, checkpoint_timeout, st_ckpt_get_atom::value,
@@ -673,10 +720,7 @@ void on_model_error(agent_self self, const std::string& model_span,
       && !run.reservation.empty() && !run.budget_path.empty()) {
     // The endpoint may still finish, and bill, a call we stopped waiting
     // for: its reservation is charged rather than given back.
-    self->send(st.links.budget,
-               budget_charge{run.budget_path.back().account, run.reservation,
-                             st.spec.model, run.reserved});
-    run.reservation.clear();
+    charge(self, run, st.spec.model, run.reserved);
     text += " (its reserved estimate is charged to the budget: the endpoint "
             "may still bill it)";
   }
@@ -844,11 +888,18 @@ void on_reply(agent_self self, const std::string& model_span,
   run.step.usage = resp.usage;
   run.step.cost_nusd = cost;
   run.result.cost_nusd += cost;
-  if (st.links.budget && !run.reservation.empty()) {
-    self->send(st.links.budget,
-               budget_charge{run.budget_path.back().account, run.reservation,
-                             resp.model, budget_amount{1, resp.usage, cost}});
-    run.reservation.clear();
+  if (resp.replayed && !run.budget_key.empty()) {
+    // An earlier attempt paid for this reply: nothing is spent now, but the
+    // budget learns of it if that attempt's process is gone.
+    if (st.links.budget && !run.reservation.empty()) {
+      self->send(st.links.budget, budget_release{run.budget_path.back().account,
+                                                 run.reservation});
+      run.reservation.clear();
+    }
+    add_to(run.charged, budget_amount{1, resp.usage, cost});
+    recount(self, run);
+  } else {
+    charge(self, run, resp.model, budget_amount{1, resp.usage, cost});
   }
   auto& msg = resp.message;
   msg.role = chat_role::assistant;

@@ -204,6 +204,32 @@ bool negative(const budget_amount& x) {
          || x.cost_nusd < 0;
 }
 
+bool is_zero(const budget_amount& x) {
+  return x.steps == 0 && x.tokens.input_tokens == 0
+         && x.tokens.output_tokens == 0 && x.cost_nusd == 0;
+}
+
+/// What `total` has beyond `counted`, field by field (never negative).
+budget_amount beyond(const budget_amount& total, const budget_amount& counted) {
+  auto more = [](int64_t t, int64_t c) { return t > c ? t - c : int64_t{0}; };
+  budget_amount out;
+  out.steps = more(total.steps, counted.steps);
+  out.tokens.input_tokens = more(total.tokens.input_tokens,
+                                 counted.tokens.input_tokens);
+  out.tokens.output_tokens = more(total.tokens.output_tokens,
+                                  counted.tokens.output_tokens);
+  out.cost_nusd = more(total.cost_nusd, counted.cost_nusd);
+  return out;
+}
+
+/// What the budget actor has counted for a durable run's key (charges and
+/// recounts), so a recount after an attempt in this process counts nothing
+/// twice.
+struct counted_key {
+  budget_amount amount;
+  steady::time_point last_active;
+};
+
 /// The first negative field of a set of limits, or nullptr.
 const char* negative_field(const budget_limits& x) {
   if (x.max_steps < 0)
@@ -264,6 +290,8 @@ struct budget_state {
   budget_config cfg;
   /// Every account by name; node-based, so pointers stay valid until erased.
   std::unordered_map<std::string, account> accounts;
+  /// What was counted per durable run key; swept like idle accounts.
+  std::unordered_map<std::string, counted_key> counted;
   /// A sweep message is on its way.
   bool sweep_pending = false;
   /// Forwards the sweep timer (see sweep_relay).
@@ -432,6 +460,12 @@ struct budget_state {
   void sweep() {
     auto now = steady::now();
     auto wall = now_ms();
+    for (auto i = counted.begin(); i != counted.end();) {
+      if (now - i->second.last_active >= cfg.idle_ttl)
+        i = counted.erase(i);
+      else
+        ++i;
+    }
     auto idle = [this, now, wall](const account& a) {
       return a.name != global_budget_account && a.children.empty()
              && a.open.empty() && now - a.last_active >= cfg.idle_ttl
@@ -474,7 +508,7 @@ caf::behavior sweep_relay(caf::event_based_actor*, caf::weak_actor_ptr budget) {
 /// Schedules a sweep while there are accounts besides the root.
 void schedule_sweep(budget_self self) {
   auto& st = self->state;
-  if (st.sweep_pending || st.accounts.size() <= 1)
+  if (st.sweep_pending || (st.accounts.size() <= 1 && st.counted.empty()))
     return;
   st.sweep_pending = true;
   caf::delayed_anon_send(st.relay, st.sweep_period(), bg_sweep_atom::value);
@@ -617,6 +651,58 @@ void on_charge(budget_state& st, const budget_charge& c) {
     add(x->used, c.usage);
     x->last_active = active;
   }
+  if (!c.key.empty()) {
+    auto& k = st.counted[c.key];
+    add(k.amount, c.usage);
+    k.last_active = active;
+  }
+}
+
+void on_recount(budget_self self, const budget_recount& r) {
+  auto& st = self->state;
+  std::string bad;
+  if (r.key.empty())
+    bad = "it has no key";
+  else if (r.path.empty())
+    bad = "it has no account path";
+  else if (negative(r.total))
+    bad = "its total is negative (" + describe(r.total) + ")";
+  for (size_t i = 0; bad.empty() && i < r.path.size(); ++i) {
+    if (r.path[i].account.empty())
+      bad = "path entry " + std::to_string(i) + " has no account name";
+    else if (auto field = negative_field(r.path[i].limits))
+      bad = "budget '" + r.path[i].account + "' has a negative " + field;
+  }
+  if (!bad.empty()) {
+    spdlog::warn("budget: ignoring a recount for '{}': {}", r.key, bad);
+    return;
+  }
+  auto active = steady::now();
+  auto& k = st.counted[r.key];
+  k.last_active = active;
+  auto more = beyond(r.total, k.amount);
+  if (is_zero(more)) {
+    schedule_sweep(self);
+    return;
+  }
+  auto& leaf = st.open_path(r.path);
+  for (auto* x : st.chain(leaf)) {
+    add(x->used, more);
+    x->last_active = active;
+  }
+  add(k.amount, more);
+  spdlog::debug("budget: counted {} that earlier attempts of '{}' spent, in "
+                "'{}' and above",
+                describe(more), r.key, leaf.name);
+  st.trace.event(r.ref.trace_id, r.ref.span_id, "budget.recounted", [&] {
+    return json{{"troupe.budget.account", leaf.name},
+                {"troupe.budget.key", r.key},
+                {"troupe.budget.steps", more.steps},
+                {"gen_ai.usage.input_tokens", more.tokens.input_tokens},
+                {"gen_ai.usage.output_tokens", more.tokens.output_tokens},
+                {"troupe.cost_nusd", more.cost_nusd}};
+  });
+  schedule_sweep(self);
 }
 
 void on_close(budget_state& st, const std::string& name) {
@@ -678,6 +764,7 @@ budget_impl::behavior_type budget(budget_self self, budget_config cfg,
       self->state.release(*a, r.reservation_id);
     },
     [self](budget_close& c) { on_close(self->state, c.account); },
+    [self](budget_recount& r) { on_recount(self, r); },
     [self](bg_query_atom, const std::string& name) {
       return snapshot(self->state, name);
     },

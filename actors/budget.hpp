@@ -25,6 +25,14 @@
 // min(idle_ttl, 60 s) while there are accounts besides "global", which is
 // never removed. The sweep timer does not keep the actor alive.
 //
+// Restarts: a durable run that goes on from its checkpoint (or takes a reply
+// from its journal) reports what its earlier attempts spent as a
+// budget_recount; charges of durable runs carry the same key. The actor keeps
+// what it counted per key (swept like an idle account), and counts only what
+// is new to it: a run restarted in another process brings its spending along,
+// one restarted in this process brings nothing twice. So limits hold across
+// restarts. A recount that counted something is traced as "budget.recounted".
+//
 // With a tracer, a refused reservation is traced as "budget.denied" and each
 // warning as "budget.warning" (in the reservation's span), both naming the
 // account and the limit ("steps", "input_tokens", "output_tokens", "cost";
@@ -94,7 +102,7 @@ struct budget_config {
 using budget_actor = caf::typed_actor<
   caf::replies_to<budget_reserve>::with<budget_verdict>,
   caf::reacts_to<budget_charge>, caf::reacts_to<budget_release>,
-  caf::reacts_to<budget_close>,
+  caf::reacts_to<budget_close>, caf::reacts_to<budget_recount>,
   caf::replies_to<bg_query_atom, std::string>::with<budget_snapshot>>;
 
 /// Spawns a budget actor that traces its refusals and warnings to `tracer`

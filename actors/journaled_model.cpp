@@ -103,6 +103,7 @@ model_actor::behavior_type journaled(journaled_self self, model_actor model,
               ask_model(self, std::move(req), std::move(key), std::move(rp));
               return;
             }
+            resp.replayed = true;
             self->state.trace.event(
               req.ref.trace_id, req.ref.span_id, "model.replayed",
               [&] { return json{{"gen_ai.agent.name", req.agent},

@@ -14,8 +14,9 @@
 //
 // Requests without a run id pass straight through. A reply is journaled
 // (committed) before it is delivered, so nothing acts on a reply the journal
-// lacks. A reply from the journal is marked with a "model.replayed" trace
-// event in the model call's span. When the store cannot be read the call
+// lacks. A reply from the journal is marked: chat_response::replayed (the
+// agent then tells its budget an earlier attempt paid for it) and a
+// "model.replayed" trace event in the model call's span. When the store cannot be read the call
 // goes to the model (and is logged): the journal saves money, it never stops
 // a run.
 

@@ -1376,7 +1376,7 @@ void raw_reserve(caf::event_based_actor* self, std::shared_ptr<raw_racer> r) {
         }
         ++r->tally->granted;
         self->send(r->budget, troupe::budget_charge{r->account, v.reservation_id,
-                                                    "raw", r->step});
+                                                    "raw", r->step, ""});
         raw_reserve(self, r);
       },
       [r, finished](caf::error&) {
@@ -1583,7 +1583,8 @@ void guards_per_call(int calls) {
                        troupe::budget_charge{"bench-run", v.reservation_id,
                                              "bench",
                                              troupe::budget_amount{
-                                               1, troupe::token_usage{10, 2}, 0}});
+                                               1, troupe::token_usage{10, 2}, 0},
+                                             ""});
           done(v.granted);
         },
         [done](caf::error&) { done(false); });

@@ -5,6 +5,7 @@
 //   budget_charge                      settles a reservation with real usage
 //   budget_release                     gives an unused reservation back
 //   budget_close                       ends a run's account
+//   budget_recount                     counts what earlier attempts spent
 //   budget_query -> budget_snapshot    what an account has used
 // Budgets nest: a run's account sits inside its team's, inside the global one.
 // A reservation names the whole path (outermost first, the global root
@@ -79,8 +80,12 @@ struct budget_charge {
   std::string reservation_id;
   std::string model;
   budget_amount usage;
+  /// A durable run's key (its run id and checkpoint key), or "": the budget
+  /// actor remembers what it counted under the key, so a budget_recount of
+  /// the same spending after a restart does not count it twice.
+  std::string key;
 };
-TROUPE_MESSAGE(budget_charge, account, reservation_id, model, usage)
+TROUPE_MESSAGE(budget_charge, account, reservation_id, model, usage, key)
 
 /// Returns an unused reservation (the call failed before using anything).
 struct budget_release {
@@ -95,6 +100,22 @@ struct budget_close {
   std::string account;
 };
 TROUPE_MESSAGE(budget_close, account)
+
+/// What the attempts of a durable run have spent up to now (`total`, charges
+/// and recounts added up), sent when a run goes on from its checkpoint and
+/// for each reply taken from its journal. Earlier attempts may have been
+/// charged in another process, whose budget died with it: the budget actor
+/// opens `path` as a reservation would and counts the part of `total` it has
+/// not yet counted under `key`, so a run's limits, and its team's, hold
+/// across restarts without counting anything twice. No limit is checked: the
+/// money is spent; the next reservation sees it.
+struct budget_recount {
+  run_ref ref;
+  std::vector<budget_scope> path;
+  std::string key;
+  budget_amount total;
+};
+TROUPE_MESSAGE(budget_recount, ref, path, key, total)
 
 /// What an account has used and holds reserved.
 struct budget_snapshot {

@@ -83,8 +83,11 @@ struct chat_response {
   std::string finish_reason;
   /// The model that actually answered.
   std::string model;
+  /// The reply came from the run's journal (actors/journaled_model.hpp): an
+  /// earlier attempt of the run paid for it, perhaps in another process.
+  bool replayed = false;
 };
-TROUPE_MESSAGE(chat_response, message, usage, finish_reason, model)
+TROUPE_MESSAGE(chat_response, message, usage, finish_reason, model, replayed)
 
 /// Any model endpoint: scripted, OpenAI-compatible, Anthropic.
 using model_actor =

@@ -51,6 +51,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(troupe, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_charge))
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_release))
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_close))
+  CAF_ADD_TYPE_ID(troupe, (troupe::budget_recount))
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_snapshot))
   // approval
   CAF_ADD_TYPE_ID(troupe, (troupe::approval_request))

@@ -112,8 +112,19 @@ budget_reserve reservation(std::vector<budget_scope> path, std::string id,
   return r;
 }
 
-budget_charge charge(std::string account, std::string id, budget_amount usage) {
-  return {std::move(account), std::move(id), "test-model", usage};
+budget_charge charge(std::string account, std::string id, budget_amount usage,
+                     std::string key = {}) {
+  return {std::move(account), std::move(id), "test-model", usage,
+          std::move(key)};
+}
+
+budget_recount recount(std::vector<budget_scope> path, std::string key,
+                       budget_amount total) {
+  budget_recount r;
+  r.path = std::move(path);
+  r.key = std::move(key);
+  r.total = total;
+  return r;
 }
 
 budget_config config(budget_limits global, double warn_share = 0.8) {
@@ -933,4 +944,105 @@ TEST_CASE_METHOD(budget_fixture,
   // The second overrun of the same account is not logged as a warning.
   CHECK(text.find("used more than", text.find('\n', first))
         == std::string::npos);
+}
+
+// --- spending of earlier attempts (budget_recount) -------------------------
+
+TEST_CASE_METHOD(budget_fixture,
+                 "a recount brings a restarted run's earlier spending into its "
+                 "accounts, and the limits then hold",
+                 "[budget][recount]") {
+  // A new process: nothing is known of the run, whose first attempt (in a
+  // process now gone) spent 2 of its team's 3 steps.
+  auto budget = spawn_budget(sys, config({}));
+  std::vector<budget_scope> path{scope("run-9/team", step_limit(3)),
+                                 scope("run-9/clerk#1.1", step_limit(3))};
+  self->send(budget, recount(path, "run-9/clerk/d1", amount(2, 100, 20, 500)));
+  auto team = query(budget, "run-9/team");
+  REQUIRE(team.exists);
+  CHECK(team.used == amount(2, 100, 20, 500));
+  CHECK(query(budget, "run-9/clerk#1.1").used == amount(2, 100, 20, 500));
+  CHECK(query(budget, "global").used == amount(2, 100, 20, 500));
+  CHECK(team.granted == 0); // a recount reserves nothing
+
+  // Another member of the team may take the one step left, not two.
+  std::vector<budget_scope> member{scope("run-9/team", step_limit(3)),
+                                   scope("run-9/reviewer#1.1", step_limit(3))};
+  auto first = reserve(budget, reservation(member, "r1", amount(1, 10)));
+  CHECK(first.granted);
+  self->send(budget, charge("run-9/reviewer#1.1", "r1", amount(1, 10)));
+  auto second = reserve(budget, reservation(member, "r2", amount(1, 10)));
+  CHECK_FALSE(second.granted);
+  CHECK_THAT(second.reason, StartsWith("budget 'run-9/team' exhausted"));
+}
+
+TEST_CASE_METHOD(budget_fixture,
+                 "what a budget counted under a key is not counted again by a "
+                 "recount",
+                 "[budget][recount]") {
+  auto budget = spawn_budget(sys, config({}));
+  std::vector<budget_scope> path{scope("run-3/a#1.1")};
+  // The first attempt, in this process: two calls charged under the key.
+  for (auto id : {"c1", "c2"}) {
+    REQUIRE(reserve(budget, reservation(path, id, amount(1, 50, 10))).granted);
+    self->send(budget, charge("run-3/a#1.1", id, amount(1, 40, 8, 100), "k"));
+  }
+  REQUIRE(query(budget, "global").used == amount(2, 80, 16, 200));
+
+  SECTION("a restart here from the first call's checkpoint adds nothing") {
+    // The new attempt's account is another one; its ancestors already
+    // hold the spending.
+    std::vector<budget_scope> again{scope("run-3/a#1.2")};
+    self->send(budget, recount(again, "k", amount(1, 40, 8, 100)));
+    self->send(budget, recount(again, "k", amount(2, 80, 16, 200)));
+    CHECK(query(budget, "global").used == amount(2, 80, 16, 200));
+    CHECK(query(budget, "run-3/a#1.2").exists == false);
+  }
+  SECTION("only the part beyond what was counted is added") {
+    self->send(budget, recount(path, "k", amount(3, 90, 16, 250)));
+    CHECK(query(budget, "global").used == amount(3, 90, 16, 250));
+    // Counted now: sending the same total again changes nothing.
+    self->send(budget, recount(path, "k", amount(3, 90, 16, 250)));
+    CHECK(query(budget, "global").used == amount(3, 90, 16, 250));
+  }
+  SECTION("another key is another run's spending") {
+    self->send(budget, recount(path, "other", amount(1, 5, 1, 7)));
+    CHECK(query(budget, "global").used == amount(3, 85, 17, 207));
+  }
+  SECTION("a charge without a key is not remembered for recounts") {
+    REQUIRE(reserve(budget, reservation(path, "c3", amount(1, 50, 10))).granted);
+    self->send(budget, charge("run-3/a#1.1", "c3", amount(1, 40, 8, 100)));
+    self->send(budget, recount(path, "k", amount(2, 80, 16, 200)));
+    CHECK(query(budget, "global").used == amount(3, 120, 24, 300));
+  }
+}
+
+TEST_CASE_METHOD(budget_fixture, "a malformed recount is ignored with a warning",
+                 "[budget][recount]") {
+  std::ostringstream log;
+  auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+  auto previous = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>("capture", sink));
+  auto budget = spawn_budget(sys, config({}));
+  std::vector<budget_scope> path{scope("run-4/a#1.1")};
+  self->send(budget, recount(path, "", amount(1)));
+  self->send(budget, recount({}, "k", amount(1)));
+  self->send(budget, recount(path, "k", amount(-1, 5)));
+  self->send(budget, recount({scope("")}, "k", amount(1)));
+  budget_limits bad;
+  bad.max_steps = -2;
+  self->send(budget, recount({scope("run-4/b", bad)}, "k", amount(1)));
+  auto used = query(budget, "global").used;
+  spdlog::set_default_logger(previous);
+  CHECK(used == amount(0));
+  CHECK_FALSE(query(budget, "run-4/a#1.1").exists);
+  auto text = log.str();
+  CHECK_THAT(text, Catch::Contains("ignoring a recount for '': it has no key"));
+  CHECK_THAT(text, Catch::Contains(
+                     "ignoring a recount for 'k': it has no account path"));
+  CHECK_THAT(text, Catch::Contains("ignoring a recount for 'k': its total is "
+                                   "negative (-1 steps"));
+  CHECK_THAT(text, Catch::Contains("path entry 0 has no account name"));
+  CHECK_THAT(text,
+             Catch::Contains("budget 'run-4/b' has a negative max_steps"));
 }

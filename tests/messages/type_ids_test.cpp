@@ -216,7 +216,10 @@ TEST_CASE_METHOD(fixture, "budget protocol messages round trip", "[messages]") {
   check_round_trips(budget_verdict{"res-1", false, "max_output_tokens",
                                    {"80% of steps"}});
   check_round_trips(budget_charge{"run-1/a#1", "res-1", "openai:gpt-4o-mini",
-                                  budget_amount{1, {90, 45}, 9000000}});
+                                  budget_amount{1, {90, 45}, 9000000},
+                                  "run-1/a/digest"});
+  check_round_trips(budget_recount{sample_ref(), path, "run-1/a/digest",
+                                   budget_amount{2, {190, 85}, 19000000}});
   check_round_trips(budget_release{"run-1/a#1", "res-1"});
   check_round_trips(budget_close{"run-1/a#1"});
   check_round_trips(budget_snapshot{"global", true, sample_limits(),

@@ -105,7 +105,7 @@ chat_request sample_chat_request() {
 
 chat_response sample_chat_response() {
   return {sample_message(), {i64_max, i64_min}, "tool_calls",
-          "scripted:x.json"};
+          "scripted:x.json", true};
 }
 
 tool_error sample_tool_error() {
@@ -227,7 +227,7 @@ budget_verdict sample_verdict() {
 }
 
 budget_charge sample_charge() {
-  return {"team/run-1", "res-7", "openai:gpt-4o", sample_amount()};
+  return {"team/run-1", "res-7", "openai:gpt-4o", sample_amount(), "run-1/a/d"};
 }
 
 budget_snapshot sample_snapshot() {
@@ -314,6 +314,9 @@ auto samples(const caf::actor& who = {}) {
     sample_charge(),
     budget_release{"team/run-1", "res-7"},
     budget_close{"team/run-1"},
+    budget_recount{sample_ref(),
+                   {sample_scope("team/α"), sample_scope("team/α/run-1")},
+                   "run-1/a/d", sample_amount()},
     sample_snapshot(),
     sample_approval_request("apr-1"),
     sample_approval_decision(),

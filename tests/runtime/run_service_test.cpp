@@ -12,12 +12,17 @@
 #include <string>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include "runtime/run_service.hpp"
 #include "runtime/runtime.hpp"
+#include "runtime/swarm.hpp"
+#include "runtime/tool_registry.hpp"
 #include "tests/support/durable_swarm.hpp"
 #include "tests/support/file_watch.hpp"
 #include "tests/support/paths.hpp"
 #include "tests/support/process.hpp"
+#include "tests/support/runtime_fixture.hpp"
 #include "tests/support/temp_dir.hpp"
 
 using namespace troupe;
@@ -244,6 +249,168 @@ TEST_CASE("a swarm's budget bounds each run a service makes of it, and a "
   // The clerk's two steps went through and the reviewer's was refused: the
   // fourth item was recorded but never signed off.
   CHECK(side_effects(dir).size() == 4);
+}
+
+namespace {
+
+/// The durable swarm with a third stage, an archivist, under a budget of 3
+/// steps a run: the clerk's 2 and the reviewer's 1 fit, so every run ends
+/// halted when the archivist asks for a fourth. The script is the swarm's own
+/// file, dir/three.script.json; `reviewer_latency_ms` holds the reviewer's
+/// reply back.
+std::string write_three_stage_swarm(const temp_dir& dir,
+                                    int64_t reviewer_latency_ms) {
+  auto src = test::source_dir() + "/tests/runtime/durable/";
+  auto script = json::parse(test::read_file(src + "durable.script.json"));
+  auto& rules = script["rules"];
+  for (auto& rule : rules)
+    if (rule.value("agent", "") == "reviewer")
+      rule["reply"]["latency_ms"] = reviewer_latency_ms;
+  rules.insert(rules.end() - 1,
+               json{{"name", "archive"},
+                    {"agent", "archivist"},
+                    {"reply", {{"content", "Archived."},
+                               {"usage", {{"input_tokens", 20},
+                                          {"output_tokens", 2}}}}}});
+  std::ofstream{dir.file("three.script.json")} << script.dump(2);
+  auto swarm = test::write_durable_swarm(dir);
+  auto doc = json::parse(test::read_file(swarm));
+  doc["model"] = "scripted:" + dir.file("three.script.json");
+  doc["agents"].push_back({{"name", "archivist"},
+                           {"system_prompt", "You archive."},
+                           {"max_steps", 2}});
+  doc["teams"][0]["stages"] = {"clerk", "reviewer", "archivist"};
+  doc["budget"] = {{"max_steps", 3}};
+  std::ofstream{swarm} << doc.dump(2);
+  return swarm;
+}
+
+} // namespace
+
+TEST_CASE("a resumed run's budget counts what its earlier attempt spent",
+          "[run-service][durable][budget]") {
+  temp_dir dir;
+  store_options so;
+  so.path = dir.file("runs.db");
+  std::string id;
+  {
+    // The reviewer's reply is held for 10 minutes: the run cannot end
+    // before this service stops.
+    auto swarm = write_three_stage_swarm(dir, 600'000);
+    run_service first({swarm}, options(dir));
+    id = first.submit(item("kiwi")).id;
+    auto goal = item("kiwi").goal;
+    auto clerk_key = "clerk/"
+                     + task_digest(goal, json{{"pipeline_goal", goal},
+                                              {"pipeline_stage", "clerk"}});
+    // Stop once the clerk's 2 steps are spent and its final checkpoint is
+    // in the store.
+    REQUIRE(test::wait_until(
+      {dir.path().string()},
+      [&] {
+        store peek{so};
+        auto cp = peek.last_checkpoint(id, clerk_key);
+        return cp && cp->final;
+      },
+      std::chrono::seconds{30}));
+    first.shutdown();
+  }
+  {
+    store peek{so};
+    auto rec = peek.get_run(id);
+    REQUIRE(rec);
+    REQUIRE(rec->status == "running");
+  }
+  // The next service answers at once. Without the first attempt's 2 steps
+  // the run's budget would let the archivist in and the run complete.
+  auto swarm = write_three_stage_swarm(dir, 0);
+  run_service second({swarm}, options(dir));
+  auto resumed = second.wait(id, std::chrono::seconds{30});
+  auto control = second.wait(second.submit(item("fig")).id,
+                             std::chrono::seconds{30});
+  INFO("resumed: " << resumed.error << "; uninterrupted: " << control.error);
+  CHECK(control.status == "halted");
+  CHECK(control.steps == 3);
+  CHECK(resumed.attempts == 2);
+  CHECK(resumed.status == control.status);
+  CHECK(resumed.steps == control.steps);
+  CHECK_THAT(resumed.error, Catch::Contains("budget '" + id + "/desk' "
+                                            "exhausted"));
+  CHECK(resumed.answer == "Reviewed: recorded item kiwi, signed off.");
+  // The recount is in the resumed run's trace, naming the clerk's 2 steps.
+  int64_t recounted = 0;
+  for (const auto& r : second.trace(id))
+    if (r.at("type") == "event" && r.at("name") == "budget.recounted")
+      recounted += r.at("attributes").at("troupe.budget.steps").get<int64_t>();
+  CHECK(recounted == 2);
+  auto effects = side_effects(dir);
+  CHECK(effects.size() == 2);
+  for (const auto& [key, n] : effects)
+    CHECK(n == 1);
+}
+
+TEST_CASE("replies taken from the journal are counted once by a budget, in "
+          "this process and in the next",
+          "[durable][budget]") {
+  temp_dir dir;
+  auto def = load_swarm(test::write_durable_swarm(dir));
+  store_options so;
+  so.path = dir.file("runs.db");
+  auto db = std::make_shared<store>(so);
+  // As if every attempt had died just before saving its checkpoints: the
+  // next one takes every reply from the journal and every tool result from
+  // the ledger.
+  auto erase_checkpoints = [&] {
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open(so.path.c_str(), &raw) == SQLITE_OK);
+    sqlite3_busy_timeout(raw, 5000);
+    auto rc = sqlite3_exec(raw, "DELETE FROM checkpoints", nullptr, nullptr,
+                           nullptr);
+    sqlite3_close(raw);
+    REQUIRE(rc == SQLITE_OK);
+  };
+  auto attempt = [&](runtime& rt) {
+    auto inst = instantiate(rt, def);
+    run_options opts;
+    opts.run_id = "run-journal";
+    opts.timeout = std::chrono::seconds{30};
+    auto r = rt.run(inst.entry, item("lime").goal, opts);
+    REQUIRE(r.status == run_status::complete);
+    CHECK(r.answer == "Reviewed: recorded item lime, signed off.");
+    return r;
+  };
+  auto config = [&] {
+    auto cfg = test::test_runtime_config();
+    configure(cfg, def);
+    cfg.store = db;
+    return cfg;
+  };
+  budget_amount spent;
+  {
+    runtime rt{config()};
+    attempt(rt);
+    spent = rt.budget_usage().used;
+    CHECK(spent.steps == 3);
+    CHECK(spent.tokens.input_tokens == 40 + 60 + 30);
+    CHECK(spent.tokens.output_tokens == 12 + 8 + 6);
+    erase_checkpoints();
+    // Again in this process: the budget already counted all three replies.
+    attempt(rt);
+    INFO("used: " << describe(rt.budget_usage().used) << "; spent: " << describe(spent));
+    CHECK(rt.budget_usage().used == spent);
+    rt.shutdown();
+  }
+  erase_checkpoints();
+  {
+    // A new process's budget knows nothing: the journal's replies are
+    // counted, once.
+    runtime rt{config()};
+    attempt(rt);
+    INFO("used: " << describe(rt.budget_usage().used) << "; spent: " << describe(spent));
+    CHECK(rt.budget_usage().used == spent);
+    rt.shutdown();
+  }
+  CHECK(side_effects(dir).size() == 1);
 }
 
 TEST_CASE("a long-lived service lets go of the actors of ended runs",
