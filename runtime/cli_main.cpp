@@ -742,6 +742,10 @@ int main(int argc, char** argv) {
                     "Append every run's trace (JSONL) to FILE");
   serve->add_option("--otlp", serve_cmd.otlp_url,
                     "Export traces to this OTLP/HTTP endpoint");
+  serve->add_option("--http-threads", serve_cmd.http_threads,
+                    "Threads serving HTTP (default 4): a request waiting on "
+                    "the store holds one")
+    ->check(CLI::Range(size_t{1}, size_t{64}));
   serve->add_flag("--no-resume", serve_no_resume,
                   "Leave the store's unfinished runs as they are at start");
 

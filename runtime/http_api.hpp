@@ -21,7 +21,9 @@
 // - Handlers call run_service directly. Its methods block briefly on SQLite
 //   (microseconds to milliseconds), which holds that I/O thread meanwhile:
 //   accepted, because the alternative (a hop to another pool and back) costs
-//   more than the disk read it avoids; raise `threads` for busier servers.
+//   more than the disk read it avoids. With `threads` above 1 a handler
+//   waiting on the store (another process holding its lock, up to the
+//   store's busy_timeout) holds only its own thread; `troupe serve` runs 4.
 // - An event stream subscribes to the run's events (run_service::subscribe).
 //   The callback runs on the store's thread and only posts each event to the
 //   session's strand, where frames queue and are written one at a time, so a

@@ -86,6 +86,10 @@ int run_serve(const serve_command& cmd, std::ostream& log, serve_hooks hooks) {
                                   + std::to_string(cmd.max_runs));
     if (cmd.run_timeout.count() < 1)
       throw std::invalid_argument("--run-timeout must be positive");
+    if (cmd.http_threads < 1 || cmd.http_threads > 64)
+      throw std::invalid_argument("--http-threads must be between 1 and 64, "
+                                  "got "
+                                  + std::to_string(cmd.http_threads));
     api_opts.auth_file = cmd.auth;
     if (!cmd.auth.empty()) {
       auto cfg = auth_config::load(cmd.auth);

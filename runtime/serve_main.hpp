@@ -45,8 +45,11 @@ struct serve_command {
   std::string otlp_url;
   /// Resume the store's unfinished runs at start.
   bool resume = true;
-  /// Threads serving HTTP.
-  size_t http_threads = 1;
+  /// Threads serving HTTP. A handler holds its thread while it reads or
+  /// writes the store (up to the store's busy_timeout when another process
+  /// holds the file's lock), so more than one keeps the other connections,
+  /// event streams among them, served meanwhile.
+  size_t http_threads = 4;
 };
 
 /// Extra parts for a server a program assembles around run_serve.

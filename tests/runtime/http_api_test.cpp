@@ -10,9 +10,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -855,4 +858,54 @@ TEST_CASE("http api: a pending approval is listed and decided once",
   auto again = api_post(fx.port, "/v1/approvals/" + apr,
                         {{"decision", "deny"}}, approver_token);
   CHECK((again.status == 404 || again.status == 409));
+}
+
+TEST_CASE("http api: with several threads a handler that waits holds only its "
+          "own",
+          "[http-api]") {
+  // The /metrics handler stands in for one waiting on a store another
+  // process has locked: it holds its thread until the test lets it go.
+  std::mutex mtx;
+  std::condition_variable cv;
+  bool entered = false, released = false;
+  auto metrics = [&] {
+    std::unique_lock<std::mutex> lock{mtx};
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+    return std::string{"# TYPE up gauge\nup 1\n"};
+  };
+  temp_dir dir;
+  run_service_options so;
+  so.store.path = dir.file("runs.db");
+  run_service svc{{support_swarm()}, so};
+  http_api_options opts;
+  opts.port = 0;
+  opts.threads = 2;
+  http_api api{svc, opts, metrics};
+  auto port = api.start();
+  auto held = std::async(std::launch::async,
+                         [&] { return api_get(port, "/metrics"); });
+  {
+    std::unique_lock<std::mutex> lock{mtx};
+    REQUIRE(cv.wait_for(lock, 15s, [&] { return entered; }));
+  }
+  // Answered while /metrics still waits: with one thread these would wait
+  // for it, and time out.
+  auto health = api_get(port, "/healthz");
+  auto runs = api_get(port, "/v1/runs");
+  bool still_waiting = held.wait_for(0s) == std::future_status::timeout;
+  {
+    std::lock_guard<std::mutex> guard{mtx};
+    released = true;
+  }
+  cv.notify_all();
+  auto metrics_res = held.get();
+  CHECK(still_waiting);
+  CHECK(health.status == 200);
+  CHECK(runs.status == 200);
+  CHECK(metrics_res.status == 200);
+  CHECK(metrics_res.body == "# TYPE up gauge\nup 1\n");
+  api.stop();
+  svc.shutdown();
 }

@@ -138,6 +138,12 @@ TEST_CASE("troupe serve: bad options exit 2, a taken port 3", "[serve]") {
     CHECK(code == 2);
     CHECK(err.find("--burst") != std::string::npos);
   }
+  SECTION("a thread count out of range") {
+    auto [code, err] = run({support_swarm(), "--store", dir.file("runs.db"),
+                            "--listen", "127.0.0.1:0", "--http-threads", "0"});
+    CHECK(code == 2);
+    CHECK(err.find("--http-threads") != std::string::npos);
+  }
   SECTION("a port another socket holds") {
     boost::asio::io_context ioc;
     boost::asio::ip::tcp::acceptor holder{
