@@ -112,6 +112,7 @@ store_behavior(store_actor::stateful_pointer<store_actor_state> self,
           self->state.on_event(run_id, seq, data.value);
       });
     },
+    [](st_sync_atom) { return true; },
   };
 }
 

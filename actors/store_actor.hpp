@@ -10,6 +10,7 @@
 //   (st_jr_get_atom, key) -> value or null               the journaled model
 //   (st_jr_put_atom, run, key, kind, value) -> true      the journaled model
 //   (st_event_atom, run, data)                           the run service
+//   (st_sync_atom) -> true                               the run service
 //
 // Writes are fire-and-forget and applied in the order each sender sent them.
 // A write that fails is logged (the run goes on: a missing checkpoint only
@@ -49,6 +50,11 @@ using st_jr_put_atom = caf::atom_constant<caf::atom("st_jrput")>;
 /// Appends an event to a run: (st_event_atom, run_id, data).
 using st_event_atom = caf::atom_constant<caf::atom("st_event")>;
 
+/// Answers true once everything sent to the store actor before it has been
+/// applied (its mailbox is first in, first out): a barrier, so the run
+/// service stores a run's last trace events before it marks the run ended.
+using st_sync_atom = caf::atom_constant<caf::atom("st_sync")>;
+
 /// The store's actor interface: a durable idempotency ledger, and more.
 using store_actor = ledger_actor::extend<
   caf::reacts_to<st_ckpt_put_atom, std::string, std::string, int32_t, bool,
@@ -57,7 +63,8 @@ using store_actor = ledger_actor::extend<
   caf::replies_to<st_jr_get_atom, std::string>::with<json_value>,
   caf::replies_to<st_jr_put_atom, std::string, std::string, std::string,
                   json_value>::with<bool>,
-  caf::reacts_to<st_event_atom, std::string, json_value>>;
+  caf::reacts_to<st_event_atom, std::string, json_value>,
+  caf::replies_to<st_sync_atom>::with<bool>>;
 
 /// Called on the store actor's thread with each event appended through it:
 /// the run, the event's number in the run and its data.

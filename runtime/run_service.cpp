@@ -12,10 +12,12 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/exit_reason.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <spdlog/spdlog.h>
 
 #include "actors/store_actor.hpp"
+#include "messages/errors.hpp"
 #include "runtime/clock.hpp"
 #include "runtime/model_config.hpp"
 #include "runtime/runtime.hpp"
@@ -547,8 +549,20 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
     }
     auto& s = *live.where;
     // Every trace record of the run reaches its events before the final
-    // status does (streams end at the final status).
+    // status does (streams end at the final status), and is stored before
+    // the record says the run ended: whoever waits for the end and then
+    // reads the run's trace gets all of it.
     s.rt->flush_trace();
+    if (s.events) {
+      caf::scoped_actor barrier{s.rt->system()};
+      barrier->request(s.events, std::chrono::seconds{30}, st_sync_atom::value)
+        .receive([](bool) {},
+                 [&id](caf::error& err) {
+                   spdlog::warn("run service: run {}: the store did not "
+                                "confirm its trace events: {}",
+                                id, error_text(err));
+                 });
+    }
     auto found = db->get_run(id);
     if (!found)
       return;
@@ -565,7 +579,15 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
     rec.steps = static_cast<int64_t>(result.steps.size());
     rec.ended_ms = now_ms();
     rec.result = json(result);
-    db->put_run(rec);
+    // The record and the compaction of its checkpoints in one transaction.
+    try {
+      db->finish_run(rec);
+    } catch (const std::exception& ex) {
+      spdlog::warn("run service: run {}: recording its end with compaction "
+                   "failed ({}); recording it alone",
+                   id, ex.what());
+      db->put_run(rec);
+    }
     // Counted before it is announced: a client that saw the final status
     // finds it in the metrics too.
     status_changed(rec, from);
@@ -579,12 +601,6 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
                 {"output_tokens", rec.output_tokens}}},
               {"cost_usd", nusd_to_usd(rec.cost_nusd)}});
     stop_actors(live.actors);
-    try {
-      db->compact_run(id);
-    } catch (const std::exception& ex) {
-      spdlog::warn("run service: run {}: compaction failed: {}", id,
-                   ex.what());
-    }
     {
       std::lock_guard<std::mutex> guard{mtx};
       active.erase(id);

@@ -587,6 +587,23 @@ int store::version() {
 void store::put_run(const stored_run& run) {
   require_key("put_run", "run id", run.id);
   std::lock_guard<std::mutex> guard{mtx_};
+  put_run_locked(run);
+}
+
+int64_t store::finish_run(const stored_run& run) {
+  require_key("finish_run", "run id", run.id);
+  if (!is_finished_status(run.status))
+    throw std::invalid_argument("finish_run: run '" + run.id + "' has status '"
+                                + run.status + "', which is not a finished one");
+  std::lock_guard<std::mutex> guard{mtx_};
+  transaction tx{db_, opts_.path, "finish_run", true};
+  put_run_locked(run);
+  auto removed = compact_run_locked(run.id);
+  tx.commit();
+  return removed;
+}
+
+void store::put_run_locked(const stored_run& run) {
   query q{db_, opts_.path, *stmts_,
           "INSERT INTO runs (id, status, swarm, swarm_path, goal, principal, "
           "request, trace_id, result, answer, error, input_tokens, "
@@ -1010,6 +1027,10 @@ compaction_stats store::compact(int64_t now_ms) {
 
 int64_t store::compact_run(const std::string& run_id) {
   std::lock_guard<std::mutex> guard{mtx_};
+  return compact_run_locked(run_id);
+}
+
+int64_t store::compact_run_locked(const std::string& run_id) {
   query q{db_, opts_.path, *stmts_, compact_one_sql.c_str(), "compact_run"};
   return q.bind_finished().bind(6, run_id).run();
 }

@@ -174,6 +174,12 @@ public:
   /// Inserts or replaces a run record (by id); sets updated_ms.
   void put_run(const stored_run& run);
 
+  /// Writes the record of a run that ended and compacts its checkpoints
+  /// (compact_run) in one transaction, so whoever sees the run ended finds
+  /// it compacted; returns how many checkpoints went. Throws
+  /// std::invalid_argument for a status that is not a finished one.
+  int64_t finish_run(const stored_run& run);
+
   std::optional<stored_run> get_run(const std::string& id);
 
   /// Runs newest first (by created_ms, then id), `limit` (1..1000) at a
@@ -250,6 +256,9 @@ public:
 private:
   /// Finalizes the statements and closes the connection (idempotent).
   void close() noexcept;
+  /// put_run and compact_run with mtx_ held.
+  void put_run_locked(const stored_run& run);
+  int64_t compact_run_locked(const std::string& run_id);
 
   store_options opts_;
   std::mutex mtx_;

@@ -834,6 +834,25 @@ TEST_CASE("compaction keeps a finished run's last checkpoint per key",
     CHECK(db.count_checkpoints("live") == 5);
     CHECK(db.compact_run("nobody") == 0);
   }
+  SECTION("finish_run records a run's end and compacts it at once") {
+    auto live = simple_run("live", "complete", now - 1000);
+    live.ended_ms = now;
+    live.answer = "done";
+    CHECK(db.finish_run(live) == 3);
+    CHECK(db.get_run("live")->status == "complete");
+    CHECK(db.get_run("live")->answer == "done");
+    CHECK(db.count_checkpoints("live") == 1);
+    CHECK(db.last_checkpoint("live", "A")->step == 4);
+  }
+  SECTION("finish_run refuses a run that has not ended, changing nothing") {
+    auto live = simple_run("live", "running", now - 1000);
+    live.answer = "not yet";
+    CHECK_THROWS_WITH(db.finish_run(live),
+                      Catch::Contains("'live'") && Catch::Contains("'running'")
+                        && Catch::Contains("not a finished one"));
+    CHECK(db.get_run("live")->answer.empty());
+    CHECK(db.count_checkpoints("live") == 4);
+  }
 }
 
 TEST_CASE("compaction drops finished runs past the retention with all they "
