@@ -155,6 +155,26 @@ std::optional<std::string> text(const json& obj, const char* key) {
   return i->get<std::string>();
 }
 
+/// A model's label: its name, but a scripted model's script by file name
+/// only ("scripted:/srv/swarms/support.json" -> "scripted:support.json"), so
+/// where a server keeps its files neither shows in metrics nor splits them.
+std::string model_label(std::string name) {
+  static const std::string scripted = "scripted:";
+  if (name.compare(0, scripted.size(), scripted) != 0)
+    return name;
+  auto slash = name.find_last_of('/');
+  if (slash == std::string::npos || slash < scripted.size())
+    return name;
+  return scripted + name.substr(slash + 1);
+}
+
+std::optional<std::string> model_text(const json& obj, const char* key) {
+  auto v = text(obj, key);
+  if (v)
+    *v = model_label(std::move(*v));
+  return v;
+}
+
 /// What an optional number field holds: absent, a usable value (finite and
 /// not negative), or bad (any other type or value).
 struct number_field {
@@ -454,6 +474,8 @@ bool metrics::impl::on_span(const json& record) {
   bool ok = *status == "ok";
   if (auto tail = after(*name, "chat ")) {
     auto model = subject(*attrs, "gen_ai.request.model", *tail);
+    if (model)
+      *model = model_label(std::move(*model));
     auto duration = seconds();
     auto in = number(*attrs, "gen_ai.usage.input_tokens");
     auto out = number(*attrs, "gen_ai.usage.output_tokens");
@@ -531,8 +553,9 @@ bool metrics::impl::on_event(const json& record) {
     return false;
   const auto& a = *attrs;
   /// Counts `f` under the string attribute `key`; false when it is missing.
-  auto count_by = [this, &a](family<Counter>& f, const char* key) {
-    auto v = text(a, key);
+  auto count_by = [this, &a](family<Counter>& f, const char* key,
+                             bool is_model = false) {
+    auto v = is_model ? model_text(a, key) : text(a, key);
     if (!v)
       return false;
     std::lock_guard<std::mutex> guard{mtx};
@@ -564,7 +587,7 @@ bool metrics::impl::on_event(const json& record) {
     return count_by(budget_warnings, "troupe.budget.limit");
   if (*name == "limiter.wait") {
     auto tool = text(a, "gen_ai.tool.name");
-    auto model = text(a, "gen_ai.request.model");
+    auto model = model_text(a, "gen_ai.request.model");
     auto ms = number(a, "troupe.wait_ms");
     if ((!tool && !model) || !ms.present || ms.bad)
       return false;
@@ -576,11 +599,11 @@ bool metrics::impl::on_event(const json& record) {
   if (*name == "tool.retry")
     return count_by(tool_retries, "gen_ai.tool.name");
   if (*name == "model.retry")
-    return count_by(model_retries, "gen_ai.request.model");
+    return count_by(model_retries, "gen_ai.request.model", true);
   if (*name == "model.fallback")
-    return count_by(model_fallbacks, "troupe.model.failed");
+    return count_by(model_fallbacks, "troupe.model.failed", true);
   if (*name == "model.cache_hit")
-    return count_by(model_cache_hits, "gen_ai.request.model");
+    return count_by(model_cache_hits, "gen_ai.request.model", true);
   if (*name == "model.replayed") {
     auto span = text(record, "span_id");
     if (!span)

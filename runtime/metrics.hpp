@@ -36,6 +36,8 @@
 //   event policy.decision          troupe_policy_decisions_total{decision}
 //   event tool.rejected            troupe_tool_rejections_total{type}
 //   event guardrail.warning        troupe_guardrail_warnings_total{agent}
+// A `model` label is the model's name, a scripted one's script by file name
+// only ("scripted:support.json").
 // A record of a kind above that lacks what its metrics need (or is not a JSON
 // object with a string "type") changes nothing and is counted in
 // troupe_trace_records_ignored_total; other records are simply not counted.

@@ -771,3 +771,43 @@ SCENARIO("promtool accepts the exposition and finds nothing to lint",
     }
   }
 }
+
+TEST_CASE("a scripted model is labelled by its script's file name only",
+          "[metrics]") {
+  metrics m;
+  auto chat = [&m](const std::string& model, const char* span) {
+    m.observe(json{{"type", "span"},
+                   {"span_id", span},
+                   {"name", "chat " + model},
+                   {"status", "ok"},
+                   {"duration_ms", 10},
+                   {"attributes",
+                    {{"gen_ai.request.model", model},
+                     {"gen_ai.usage.input_tokens", 1},
+                     {"gen_ai.usage.output_tokens", 1}}}});
+  };
+  chat("scripted:/srv/a/support.json", "s1");
+  chat("scripted:/home/b/support.json", "s2");
+  chat("scripted:local.json", "s3");
+  chat("openai:gpt-4o-mini", "s4");
+  m.observe(json{{"type", "event"},
+                 {"name", "model.retry"},
+                 {"attributes",
+                  {{"gen_ai.request.model", "scripted:/srv/a/support.json"}}}});
+  auto text = m.render();
+  CHECK(text.find("/srv/") == std::string::npos);
+  CHECK(text.find("/home/") == std::string::npos);
+  auto s = parse(text);
+  CHECK(value(s, "troupe_model_calls_total",
+              {{"model", "scripted:support.json"}, {"outcome", "ok"}})
+        == 2);
+  CHECK(value(s, "troupe_model_calls_total",
+              {{"model", "scripted:local.json"}, {"outcome", "ok"}})
+        == 1);
+  CHECK(value(s, "troupe_model_calls_total",
+              {{"model", "openai:gpt-4o-mini"}, {"outcome", "ok"}})
+        == 1);
+  CHECK(value(s, "troupe_model_retries_total",
+              {{"model", "scripted:support.json"}})
+        == 1);
+}
