@@ -262,6 +262,12 @@ struct active_run {
   /// Everything this run's attempts charged to the budget (checkpointed, so
   /// a resumed run can tell the budget what earlier attempts spent).
   budget_amount charged;
+  /// Of that, what this attempt's own model calls spent (not replays).
+  budget_amount spent_here;
+  /// What an earlier attempt that failed spent, when this one started over
+  /// rather than going on from it: the replies this one replays from the
+  /// journal are within it (see spending()).
+  budget_amount floor;
   /// The key the budget counts this durable run's spending under ("" when
   /// the agent has no store): "RUN_ID/CHECKPOINT_KEY".
   std::string budget_key;
@@ -384,6 +390,20 @@ void add_to(budget_amount& x, const budget_amount& y) {
   x.cost_nusd += y.cost_nusd;
 }
 
+/// What the run's attempts have spent, as far as this one knows: what it
+/// took over and charged, or, when it started over after a failed attempt,
+/// that attempt's spending (which its replays repeat) and its own calls.
+budget_amount spending(const active_run& run) {
+  auto out = run.floor;
+  add_to(out, run.spent_here);
+  auto at_least = [](int64_t& x, int64_t y) { x = std::max(x, y); };
+  at_least(out.steps, run.charged.steps);
+  at_least(out.tokens.input_tokens, run.charged.tokens.input_tokens);
+  at_least(out.tokens.output_tokens, run.charged.tokens.output_tokens);
+  at_least(out.cost_nusd, run.charged.cost_nusd);
+  return out;
+}
+
 /// Settles the open reservation of a model call with what it used, counted
 /// under the run's budget key.
 void charge(agent_self self, active_run& run, const std::string& model,
@@ -396,6 +416,7 @@ void charge(agent_self self, active_run& run, const std::string& model,
                                    run.budget_key});
   run.reservation.clear();
   add_to(run.charged, used);
+  add_to(run.spent_here, used);
 }
 
 /// Tells the budget what the run's attempts have spent up to now: after a
@@ -407,7 +428,7 @@ void recount(agent_self self, active_run& run) {
   auto ref = run.task.ref;
   ref.span_id = run.run_span;
   self->send(budget, budget_recount{std::move(ref), run.budget_path,
-                                    run.budget_key, run.charged});
+                                    run.budget_key, spending(run)});
 }
 
 /// How long a store lookup may take before the run starts without it.
@@ -416,12 +437,14 @@ constexpr auto checkpoint_timeout = std::chrono::seconds{10};
 /// The state a checkpoint keeps: everything the run needs to go on from the
 /// step it reached (the conversation, the steps and their results, usage,
 /// what the guardrails have counted).
+budget_amount spending(const active_run& run);
+
 json checkpoint_state(const active_run& run) {
   return json{{"messages", run.messages},
               {"steps", run.result.steps},
               {"usage", run.result.usage},
               {"cost_nusd", run.result.cost_nusd},
-              {"charged", run.charged},
+              {"charged", spending(run)},
               {"warnings", run.result.warnings},
               {"calls_per_tool", run.calls_per_tool},
               {"call_counts", run.call_counts},
@@ -592,6 +615,17 @@ void continue_from(agent_self self, const json& cp) {
       } catch (const std::exception& ex) {
         spdlog::warn("agent {}: run {}: unreadable checkpoint ({}); starting "
                      "from the first step",
+                     st.label, run.result.run_id, ex.what());
+      }
+    } else if (state.contains("charged")) {
+      // An attempt that ended failed (or halted...): this one starts over,
+      // but what that one spent stays spent.
+      try {
+        run.floor = state.at("charged").get<budget_amount>();
+        recount(self, run);
+      } catch (const std::exception& ex) {
+        spdlog::warn("agent {}: run {}: unreadable spending in its last "
+                     "checkpoint ({})",
                      st.label, run.result.run_id, ex.what());
       }
     }

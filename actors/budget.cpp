@@ -268,6 +268,9 @@ struct account {
   bool closed = false;
   /// A charge exceeded its reservation (logged once per account).
   bool overran = false;
+  /// Durable run keys charged or recounted here: their counted amounts
+  /// stay while this account does.
+  std::set<std::string> keys;
   steady::time_point last_active;
 
   int64_t limit(limit_kind k) const {
@@ -365,6 +368,10 @@ struct budget_state {
         for (auto* a : chain(i->second))
           subtract(a->reserved, estimate);
       }
+      // What was counted under its keys is kept idle_ttl from now on.
+      for (const auto& key : i->second.keys)
+        if (auto k = counted.find(key); k != counted.end())
+          k->second.last_active = steady::now();
       accounts.erase(i);
       auto& p = accounts.at(parent);
       p.children.erase(name);
@@ -460,8 +467,12 @@ struct budget_state {
   void sweep() {
     auto now = steady::now();
     auto wall = now_ms();
+    std::set<std::string> live;
+    for (const auto& [name, a] : accounts)
+      live.insert(a.keys.begin(), a.keys.end());
     for (auto i = counted.begin(); i != counted.end();) {
-      if (now - i->second.last_active >= cfg.idle_ttl)
+      if (live.count(i->first) == 0
+          && now - i->second.last_active >= cfg.idle_ttl)
         i = counted.erase(i);
       else
         ++i;
@@ -655,6 +666,7 @@ void on_charge(budget_state& st, const budget_charge& c) {
     auto& k = st.counted[c.key];
     add(k.amount, c.usage);
     k.last_active = active;
+    a->keys.insert(c.key);
   }
 }
 
@@ -680,17 +692,23 @@ void on_recount(budget_self self, const budget_recount& r) {
   auto active = steady::now();
   auto& k = st.counted[r.key];
   k.last_active = active;
-  auto more = beyond(r.total, k.amount);
-  if (is_zero(more)) {
-    schedule_sweep(self);
-    return;
-  }
   auto& leaf = st.open_path(r.path);
+  leaf.keys.insert(r.key);
+  // New to this budget: counted in the run's account and all above it.
+  auto more = beyond(r.total, k.amount);
   for (auto* x : st.chain(leaf)) {
     add(x->used, more);
     x->last_active = active;
   }
   add(k.amount, more);
+  // The run's own account is new with each attempt: it takes the whole of
+  // what the run spent, so the run's own limits count it too (its ancestors
+  // have it already, from the account of the attempt before).
+  add(leaf.used, beyond(r.total, leaf.used));
+  if (is_zero(more)) {
+    schedule_sweep(self);
+    return;
+  }
   spdlog::debug("budget: counted {} that earlier attempts of '{}' spent, in "
                 "'{}' and above",
                 describe(more), r.key, leaf.name);

@@ -28,10 +28,13 @@
 // Restarts: a durable run that goes on from its checkpoint (or takes a reply
 // from its journal) reports what its earlier attempts spent as a
 // budget_recount; charges of durable runs carry the same key. The actor keeps
-// what it counted per key (swept like an idle account), and counts only what
-// is new to it: a run restarted in another process brings its spending along,
-// one restarted in this process brings nothing twice. So limits hold across
-// restarts. A recount that counted something is traced as "budget.recounted".
+// what it counted per key (while an account charged under the key exists,
+// and idle_ttl after), and counts in the run's account and above only what is
+// new to it: a run restarted in another process brings its spending along,
+// one restarted in this process brings nothing twice. The restarted run's own
+// account (a new one with each attempt) takes the whole total, so the run's
+// own limits count it too. So limits hold across restarts. A recount that
+// counted something new is traced as "budget.recounted".
 //
 // With a tracer, a refused reservation is traced as "budget.denied" and each
 // warning as "budget.warning" (in the reservation's span), both naming the

@@ -51,7 +51,6 @@ CAF_BEGIN_TYPE_ID_BLOCK(troupe, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_charge))
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_release))
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_close))
-  CAF_ADD_TYPE_ID(troupe, (troupe::budget_recount))
   CAF_ADD_TYPE_ID(troupe, (troupe::budget_snapshot))
   // approval
   CAF_ADD_TYPE_ID(troupe, (troupe::approval_request))
@@ -67,6 +66,8 @@ CAF_BEGIN_TYPE_ID_BLOCK(troupe, caf::first_custom_type_id)
   CAF_ADD_TYPE_ID(troupe, (std::vector<troupe::node_info>))
   CAF_ADD_TYPE_ID(troupe, (troupe::cluster_event))
   CAF_ADD_TYPE_ID(troupe, (troupe::remote_agent_args))
+  // added later: new types go last, so the IDs above stay put
+  CAF_ADD_TYPE_ID(troupe, (troupe::budget_recount))
 
 CAF_END_TYPE_ID_BLOCK(troupe)
 

@@ -744,7 +744,7 @@ int main(int argc, char** argv) {
                     "Export traces to this OTLP/HTTP endpoint");
   serve->add_option("--http-threads", serve_cmd.http_threads,
                     "Threads serving HTTP (default 4): a request waiting on "
-                    "the store holds one")
+                    "the store holds one of them")
     ->check(CLI::Range(size_t{1}, size_t{64}));
   serve->add_flag("--no-resume", serve_no_resume,
                   "Leave the store's unfinished runs as they are at start");

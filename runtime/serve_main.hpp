@@ -47,8 +47,8 @@ struct serve_command {
   bool resume = true;
   /// Threads serving HTTP. A handler holds its thread while it reads or
   /// writes the store (up to the store's busy_timeout when another process
-  /// holds the file's lock), so more than one keeps the other connections,
-  /// event streams among them, served meanwhile.
+  /// holds the file's lock), so more than one keeps the routes that do not
+  /// need the store (health, metrics, the dashboard) served meanwhile.
   size_t http_threads = 4;
 };
 

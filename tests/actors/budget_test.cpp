@@ -989,14 +989,18 @@ TEST_CASE_METHOD(budget_fixture,
   }
   REQUIRE(query(budget, "global").used == amount(2, 80, 16, 200));
 
-  SECTION("a restart here from the first call's checkpoint adds nothing") {
-    // The new attempt's account is another one; its ancestors already
-    // hold the spending.
-    std::vector<budget_scope> again{scope("run-3/a#1.2")};
+  SECTION("a restart here adds nothing above the run's new account") {
+    // The new attempt's account is another one: it takes the run's whole
+    // spending, so the run's own limits see it; its ancestors hold it
+    // already.
+    std::vector<budget_scope> again{scope("run-3/a#1.2", step_limit(3))};
     self->send(budget, recount(again, "k", amount(1, 40, 8, 100)));
     self->send(budget, recount(again, "k", amount(2, 80, 16, 200)));
     CHECK(query(budget, "global").used == amount(2, 80, 16, 200));
-    CHECK(query(budget, "run-3/a#1.2").exists == false);
+    CHECK(query(budget, "run-3/a#1.2").used == amount(2, 80, 16, 200));
+    // Its limit of 3 steps leaves one.
+    CHECK(reserve(budget, reservation(again, "c3", amount(1))).granted);
+    CHECK_FALSE(reserve(budget, reservation(again, "c4", amount(1))).granted);
   }
   SECTION("only the part beyond what was counted is added") {
     self->send(budget, recount(path, "k", amount(3, 90, 16, 250)));
@@ -1045,4 +1049,27 @@ TEST_CASE_METHOD(budget_fixture, "a malformed recount is ignored with a warning"
   CHECK_THAT(text, Catch::Contains("path entry 0 has no account name"));
   CHECK_THAT(text,
              Catch::Contains("budget 'run-4/b' has a negative max_steps"));
+}
+
+TEST_CASE_METHOD(budget_fixture,
+                 "what was counted under a key outlives idle_ttl while the "
+                 "run's account does",
+                 "[budget][recount]") {
+  auto cfg = config({});
+  cfg.idle_ttl = 50ms;
+  auto budget = spawn_budget(sys, cfg);
+  // A run's account with a deadline an hour away: a run waiting for a human.
+  budget_limits limits;
+  limits.deadline_ms = now_ms() + 3'600'000;
+  std::vector<budget_scope> path{scope("run-5/a#1.1", limits)};
+  REQUIRE(reserve(budget, reservation(path, "c1", amount(1, 10))).granted);
+  self->send(budget, charge("run-5/a#1.1", "c1", amount(1, 10, 2), "k5"));
+  // Several sweeps pass while the account waits.
+  pause(300ms);
+  REQUIRE(query(budget, "run-5/a#1.1").exists);
+  // A restart in this process now recounts what was charged: still known,
+  // so nothing is added above the new account.
+  std::vector<budget_scope> again{scope("run-5/a#1.2", limits)};
+  self->send(budget, recount(again, "k5", amount(1, 10, 2)));
+  CHECK(query(budget, "global").used == amount(1, 10, 2));
 }

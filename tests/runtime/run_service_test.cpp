@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <condition_variable>
 #include <fstream>
 #include <map>
@@ -14,6 +15,9 @@
 
 #include <sqlite3.h>
 
+#include <caf/scoped_actor.hpp>
+
+#include "actors/store_actor.hpp"
 #include "runtime/run_service.hpp"
 #include "runtime/runtime.hpp"
 #include "runtime/swarm.hpp"
@@ -369,6 +373,7 @@ TEST_CASE("replies taken from the journal are counted once by a budget, in "
     sqlite3_close(raw);
     REQUIRE(rc == SQLITE_OK);
   };
+  std::atomic<int> replayed{0};
   auto attempt = [&](runtime& rt) {
     auto inst = instantiate(rt, def);
     run_options opts;
@@ -377,18 +382,30 @@ TEST_CASE("replies taken from the journal are counted once by a budget, in "
     auto r = rt.run(inst.entry, item("lime").goal, opts);
     REQUIRE(r.status == run_status::complete);
     CHECK(r.answer == "Reviewed: recorded item lime, signed off.");
+    // The agents' last checkpoints are on their way to the store: wait
+    // until the store actor has written them.
+    caf::scoped_actor self{rt.system()};
+    self->request(rt.store(), std::chrono::seconds{30}, st_sync_atom::value)
+      .receive([](bool) {},
+               [](caf::error& err) { FAIL(to_string(err)); });
     return r;
   };
   auto config = [&] {
     auto cfg = test::test_runtime_config();
     configure(cfg, def);
     cfg.store = db;
+    cfg.trace_listeners.push_back([&replayed](const json& rec) {
+      if (rec.value("type", "") == "event"
+          && rec.value("name", "") == "model.replayed")
+        ++replayed;
+    });
     return cfg;
   };
   budget_amount spent;
   {
     runtime rt{config()};
     attempt(rt);
+    REQUIRE(replayed == 0);
     spent = rt.budget_usage().used;
     CHECK(spent.steps == 3);
     CHECK(spent.tokens.input_tokens == 40 + 60 + 30);
@@ -396,7 +413,10 @@ TEST_CASE("replies taken from the journal are counted once by a budget, in "
     erase_checkpoints();
     // Again in this process: the budget already counted all three replies.
     attempt(rt);
-    INFO("used: " << describe(rt.budget_usage().used) << "; spent: " << describe(spent));
+    rt.flush_trace();
+    CHECK(replayed == 3);
+    INFO("used: " << describe(rt.budget_usage().used)
+                  << "; spent: " << describe(spent));
     CHECK(rt.budget_usage().used == spent);
     rt.shutdown();
   }
@@ -406,7 +426,10 @@ TEST_CASE("replies taken from the journal are counted once by a budget, in "
     // counted, once.
     runtime rt{config()};
     attempt(rt);
-    INFO("used: " << describe(rt.budget_usage().used) << "; spent: " << describe(spent));
+    rt.flush_trace();
+    CHECK(replayed == 6);
+    INFO("used: " << describe(rt.budget_usage().used)
+                  << "; spent: " << describe(spent));
     CHECK(rt.budget_usage().used == spent);
     rt.shutdown();
   }
