@@ -22,12 +22,12 @@
 //   (microseconds to milliseconds), which holds that I/O thread meanwhile:
 //   accepted, because the alternative (a hop to another pool and back) costs
 //   more than the disk read it avoids. With `threads` above 1 a handler
-//   that waits holds only its own thread: while one waits on the store
+//   that waits holds only its own thread: while one waits to write the store
 //   (another process holding the file's lock, up to the store's
-//   busy_timeout), routes that do not touch the store (/healthz, /metrics,
-//   the dashboard's files) and open event streams' writes go on; those that
-//   read or write the store wait for it too, as the store has one connection.
-//   `troupe serve` runs 4.
+//   busy_timeout), the routes that only read it (the store reads through a
+//   connection of its own, which WAL lets go on), those that do not touch it
+//   (/healthz, /metrics, the dashboard's files) and open event streams'
+//   writes go on; other writes wait their turn. `troupe serve` runs 4.
 // - An event stream subscribes to the run's events (run_service::subscribe).
 //   The callback runs on the store's thread and only posts each event to the
 //   session's strand, where frames queue and are written one at a time, so a

@@ -45,10 +45,10 @@ struct serve_command {
   std::string otlp_url;
   /// Resume the store's unfinished runs at start.
   bool resume = true;
-  /// Threads serving HTTP. A handler holds its thread while it reads or
-  /// writes the store (up to the store's busy_timeout when another process
-  /// holds the file's lock), so more than one keeps the routes that do not
-  /// need the store (health, metrics, the dashboard) served meanwhile.
+  /// Threads serving HTTP. A handler holds its thread while it writes the
+  /// store (up to the store's busy_timeout when another process holds the
+  /// file's lock), so more than one keeps the routes that read the store or
+  /// do not need it served meanwhile.
   size_t http_threads = 4;
 };
 

@@ -13,7 +13,9 @@
 // - No foreign keys tie checkpoints, journal or events to runs: a runtime
 //   without the run service checkpoints runs that have no record.
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <filesystem>
 #include <unordered_map>
 
@@ -28,6 +30,36 @@ namespace detail {
 
 struct store_statements {
   std::unordered_map<std::string, sqlite3_stmt*> by_sql;
+};
+
+/// SQLite's busy handler for the writer: waits, backing off from 1 ms to
+/// 100 ms, until busy_timeout has passed, and says so once per wait.
+struct busy_wait {
+  std::string path;
+  int timeout_ms = 0;
+  std::chrono::steady_clock::time_point since;
+
+  static int handle(void* arg, int count) {
+    auto& self = *static_cast<busy_wait*>(arg);
+    using clock = std::chrono::steady_clock;
+    if (count == 0) {
+      self.since = clock::now();
+      spdlog::debug("store {}: waiting for a lock another connection holds "
+                    "(up to {} ms)",
+                    self.path, self.timeout_ms);
+    }
+    auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    clock::now() - self.since)
+                    .count();
+    if (waited >= self.timeout_ms)
+      return 0;
+    static constexpr std::array<int, 8> backoff{1, 2, 5, 10, 20, 50, 100, 100};
+    auto step = backoff[std::min<size_t>(static_cast<size_t>(count),
+                                         backoff.size() - 1)];
+    sqlite3_sleep(static_cast<int>(
+      std::min<int64_t>(step, self.timeout_ms - waited)));
+    return 1;
+  }
 };
 
 } // namespace detail
@@ -501,7 +533,10 @@ store::store(store_options opts)
     if (rc != SQLITE_OK)
       fail(db_, path, "open");
     sqlite3_extended_result_codes(db_, 1);
-    sqlite3_busy_timeout(db_, opts_.busy_timeout_ms);
+    busy_ = std::make_unique<detail::busy_wait>();
+    busy_->path = path;
+    busy_->timeout_ms = opts_.busy_timeout_ms;
+    sqlite3_busy_handler(db_, &detail::busy_wait::handle, busy_.get());
     auto found = survey(db_, path);
     // WAL only once we know the file is ours: the mode sticks to the file.
     {
@@ -553,6 +588,19 @@ store::store(store_options opts)
         spdlog::info("store {}: migrated from schema {} to {}", path, from,
                      schema_version);
     }
+    // The reader, once the file is ours and of this schema. An in-memory
+    // database (":memory:", "file::memory:...") is the writer's alone.
+    bool in_memory = path == ":memory:" || path.rfind("file::memory:", 0) == 0
+                     || path.find("mode=memory") != std::string::npos;
+    if (!in_memory) {
+      rstmts_ = std::make_unique<detail::store_statements>();
+      if (sqlite3_open_v2(path.c_str(), &rdb_,
+                          SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, nullptr)
+          != SQLITE_OK)
+        fail(rdb_, path, "open (reader)");
+      sqlite3_extended_result_codes(rdb_, 1);
+      sqlite3_busy_timeout(rdb_, opts_.busy_timeout_ms);
+    }
   } catch (...) {
     close();
     throw;
@@ -563,7 +611,30 @@ store::~store() {
   close();
 }
 
+std::unique_lock<std::mutex>
+store::lock_reader(sqlite3*& db, detail::store_statements*& stmts) {
+  if (rdb_ == nullptr) {
+    db = db_;
+    stmts = stmts_.get();
+    return std::unique_lock<std::mutex>{mtx_};
+  }
+  db = rdb_;
+  stmts = rstmts_.get();
+  return std::unique_lock<std::mutex>{rmtx_};
+}
+
 void store::close() noexcept {
+  if (rstmts_) {
+    for (auto& [sql, stmt] : rstmts_->by_sql)
+      sqlite3_finalize(stmt);
+    rstmts_->by_sql.clear();
+  }
+  if (rdb_ != nullptr) {
+    if (sqlite3_close_v2(rdb_) != SQLITE_OK)
+      spdlog::warn("store {}: close (reader): {}", opts_.path,
+                   sqlite3_errmsg(rdb_));
+    rdb_ = nullptr;
+  }
   if (stmts_) {
     for (auto& [sql, stmt] : stmts_->by_sql)
       sqlite3_finalize(stmt);
@@ -577,8 +648,10 @@ void store::close() noexcept {
 }
 
 int store::version() {
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_, "PRAGMA user_version", "version"};
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts, "PRAGMA user_version", "version"};
   return q.next() ? static_cast<int>(q.int64(0)) : 0;
 }
 
@@ -646,10 +719,12 @@ void store::put_run_locked(const stored_run& run) {
 }
 
 std::optional<stored_run> store::get_run(const std::string& id) {
-  std::lock_guard<std::mutex> guard{mtx_};
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
   static const std::string sql = std::string{"SELECT "} + run_columns
                                  + " FROM runs WHERE id = ?1";
-  query q{db_, opts_.path, *stmts_, sql.c_str(), "get_run"};
+  query q{db, opts_.path, *stmts, sql.c_str(), "get_run"};
   q.bind(1, id);
   if (!q.next())
     return std::nullopt;
@@ -680,12 +755,14 @@ run_page store::list_runs(const std::string& status, int64_t limit,
     select + "WHERE status = ?1 AND " + keyset + order,
   };
   auto& sql = sqls[(status.empty() ? 0 : 1) + (after ? 2 : 0)];
-  std::lock_guard<std::mutex> guard{mtx_};
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
   // One read transaction: the page and the total see the same snapshot.
-  transaction tx{db_, opts_.path, "list_runs", false};
+  transaction tx{db, opts_.path, "list_runs", false};
   run_page page;
   {
-    query q{db_, opts_.path, *stmts_, sql.c_str(), "list_runs"};
+    query q{db, opts_.path, *stmts, sql.c_str(), "list_runs"};
     q.bind(1, status)
       .bind(2, after ? after->first : int64_t{0})
       .bind(3, after ? after->second : std::string{})
@@ -698,7 +775,7 @@ run_page store::list_runs(const std::string& status, int64_t limit,
     page.next_cursor = make_cursor(page.runs.back(), status);
   }
   {
-    query q{db_, opts_.path, *stmts_,
+    query q{db, opts_.path, *stmts,
             "SELECT COUNT(*) FROM runs WHERE ?1 = '' OR status = ?1",
             "list_runs (count)"};
     q.bind(1, status);
@@ -709,12 +786,14 @@ run_page store::list_runs(const std::string& status, int64_t limit,
 }
 
 std::vector<stored_run> store::unfinished_runs() {
-  std::lock_guard<std::mutex> guard{mtx_};
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
   static const std::string sql
     = std::string{"SELECT "} + run_columns
       + " FROM runs WHERE status IN ('queued', 'running') ORDER BY "
         "created_ms, id";
-  query q{db_, opts_.path, *stmts_, sql.c_str(), "unfinished_runs"};
+  query q{db, opts_.path, *stmts, sql.c_str(), "unfinished_runs"};
   std::vector<stored_run> out;
   while (q.next())
     out.push_back(read_run(q, opts_.path));
@@ -722,8 +801,10 @@ std::vector<stored_run> store::unfinished_runs() {
 }
 
 std::vector<std::pair<std::string, int64_t>> store::count_runs_by_status() {
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_,
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts,
           "SELECT status, COUNT(*) FROM runs GROUP BY status ORDER BY status",
           "count_runs_by_status"};
   std::vector<std::pair<std::string, int64_t>> out;
@@ -753,8 +834,10 @@ void store::put_checkpoint(const checkpoint& cp) {
 
 std::optional<checkpoint> store::last_checkpoint(const std::string& run_id,
                                                  const std::string& key) {
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_,
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts,
           "SELECT step, final, state, saved_ms FROM checkpoints WHERE "
           "run_id = ?1 AND key = ?2 ORDER BY step DESC, rowid DESC LIMIT 1",
           "last_checkpoint"};
@@ -775,8 +858,10 @@ std::optional<checkpoint> store::last_checkpoint(const std::string& run_id,
 }
 
 int64_t store::count_checkpoints(const std::string& run_id) {
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_,
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts,
           "SELECT COUNT(*) FROM checkpoints WHERE run_id = ?1",
           "count_checkpoints"};
   q.bind(1, run_id);
@@ -798,8 +883,10 @@ void store::put_ledger(const std::string& key, const tool_result& result,
 }
 
 ledger_entry store::get_ledger(const std::string& key) {
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_,
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts,
           "SELECT result, recorded_ms FROM ledger WHERE key = ?1",
           "get_ledger"};
   q.bind(1, key);
@@ -839,8 +926,10 @@ void store::put_journal(const std::string& run_id, const std::string& key,
 }
 
 std::optional<json> store::get_journal(const std::string& key) {
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_,
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts,
           "SELECT value FROM journal WHERE key = ?1", "get_journal"};
   q.bind(1, key);
   if (!q.next())
@@ -849,8 +938,10 @@ std::optional<json> store::get_journal(const std::string& key) {
 }
 
 int64_t store::count_journal(const std::string& run_id) {
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_,
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts,
           "SELECT COUNT(*) FROM journal WHERE run_id = ?1", "count_journal"};
   q.bind(1, run_id);
   return q.next() ? q.int64(0) : 0;
@@ -925,8 +1016,10 @@ std::vector<stored_event> store::events_after(const std::string& run_id,
   if (limit < 1)
     throw std::invalid_argument("events_after: bad limit "
                                 + std::to_string(limit) + ": at least 1");
-  std::lock_guard<std::mutex> guard{mtx_};
-  query q{db_, opts_.path, *stmts_,
+  sqlite3* db = nullptr;
+  detail::store_statements* stmts = nullptr;
+  auto guard = lock_reader(db, stmts);
+  query q{db, opts_.path, *stmts,
           "SELECT seq, data FROM events WHERE run_id = ?1 AND seq > ?2 "
           "ORDER BY seq LIMIT ?3",
           "events_after"};

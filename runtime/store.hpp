@@ -19,8 +19,12 @@
 // version, or one that is not a troupe store, is refused with a store_error
 // naming the file.
 //
-// The class is thread-safe (one connection behind a mutex) and synchronous:
-// calls take microseconds to a few milliseconds of local disk I/O. Actors do
+// The class is thread-safe and synchronous: writes go through one connection
+// behind a mutex, reads through another (WAL lets a reader go on while a
+// writer, even another process's, holds the file's write lock, so a write
+// waiting up to busy_timeout for another process holds up no read). Calls
+// take microseconds to a few milliseconds of local disk I/O; a write that
+// has to wait for another process's lock is logged (debug) once per wait. Actors do
 // not call it from their handlers: they go through the store actor
 // (actors/store_actor.hpp), which runs on its own thread. Commits survive the
 // process being killed (WAL, synchronous=NORMAL); a power loss may lose the
@@ -44,6 +48,7 @@ namespace troupe {
 
 namespace detail {
 struct store_statements;
+struct busy_wait;
 } // namespace detail
 
 /// A store that cannot be opened, migrated, read or written; what() names
@@ -259,12 +264,22 @@ private:
   /// put_run and compact_run with mtx_ held.
   void put_run_locked(const stored_run& run);
   int64_t compact_run_locked(const std::string& run_id);
+  /// Locks the connection reads use and names it: the reader, or the writer
+  /// for an in-memory store (which a second connection would not see).
+  std::unique_lock<std::mutex> lock_reader(sqlite3*& db,
+                                           detail::store_statements*& stmts);
 
   store_options opts_;
   std::mutex mtx_;
   sqlite3* db_ = nullptr;
   /// Prepared statements by SQL text, made on first use.
   std::unique_ptr<detail::store_statements> stmts_;
+  /// How long the writer has waited for another process's lock.
+  std::unique_ptr<detail::busy_wait> busy_;
+  /// The read-only connection, its mutex and statements.
+  std::mutex rmtx_;
+  sqlite3* rdb_ = nullptr;
+  std::unique_ptr<detail::store_statements> rstmts_;
 };
 
 } // namespace troupe

@@ -3,14 +3,18 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <condition_variable>
 #include <filesystem>
 #include <cstdio>
 #include <fstream>
+#include <future>
 #include <map>
 #include <set>
 #include <sstream>
 #include <thread>
 
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/spdlog.h>
 #include <sqlite3.h>
 
 #include "runtime/clock.hpp"
@@ -985,4 +989,86 @@ TEST_CASE("concurrent appends to one run are numbered without gaps or "
     CHECK(events[k].data.at("i").get<int>() == next_i[t]++);
     CHECK(got[t][events[k].data.at("i").get<int>()] == events[k].seq);
   }
+}
+
+namespace {
+
+/// A log sink that wakes a waiting test when a line containing `needle`
+/// is logged.
+class watch_sink : public spdlog::sinks::base_sink<std::mutex> {
+public:
+  explicit watch_sink(std::string needle) : needle_(std::move(needle)) {}
+
+  bool wait(std::chrono::seconds limit) {
+    std::unique_lock<std::mutex> lock{seen_mtx_};
+    return cv_.wait_for(lock, limit, [this] { return seen_; });
+  }
+
+protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    std::string text(msg.payload.data(), msg.payload.size());
+    if (text.find(needle_) == std::string::npos)
+      return;
+    {
+      std::lock_guard<std::mutex> guard{seen_mtx_};
+      seen_ = true;
+    }
+    cv_.notify_all();
+  }
+  void flush_() override {}
+
+private:
+  std::string needle_;
+  std::mutex seen_mtx_;
+  std::condition_variable cv_;
+  bool seen_ = false;
+};
+
+} // namespace
+
+TEST_CASE("reads go on while a write waits for another process's lock",
+          "[store]") {
+  temp_dir dir;
+  auto opts = options_for(dir);
+  opts.busy_timeout_ms = 30'000;
+  store db{opts};
+  db.put_run(simple_run("before", "complete", 1));
+  db.append_event("before", json{{"type", "status"}});
+
+  auto sink = std::make_shared<watch_sink>("waiting for a lock");
+  auto previous = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>("watch", sink);
+  logger->set_level(spdlog::level::debug);
+  spdlog::set_default_logger(logger);
+  struct restore_logger {
+    std::shared_ptr<spdlog::logger> previous;
+    ~restore_logger() { spdlog::set_default_logger(previous); }
+  } restore{previous};
+
+  // Another process's transaction holds the file's write lock.
+  raw_db other{opts.path};
+  other.exec("BEGIN IMMEDIATE");
+  auto write = std::async(std::launch::async, [&] {
+    db.put_run(simple_run("after", "queued", 2));
+  });
+  // The write is inside SQLite, waiting for the lock (its busy handler
+  // said so).
+  REQUIRE(sink->wait(std::chrono::seconds{15}));
+  auto found = db.get_run("before");
+  auto page = db.list_runs("", 10);
+  auto events = db.events_after("before", 0, 10);
+  auto checkpoints = db.count_checkpoints("before");
+  bool still_waiting =
+    write.wait_for(std::chrono::seconds{0}) == std::future_status::timeout;
+  other.exec("COMMIT");
+  REQUIRE_NOTHROW(write.get());
+  CHECK(still_waiting);
+  REQUIRE(found);
+  CHECK(found->status == "complete");
+  CHECK(page.total == 1);
+  CHECK(events.size() == 1);
+  CHECK(checkpoints == 0);
+  // Once the lock is free the write went through, and reads see it.
+  CHECK(db.get_run("after"));
+  CHECK(db.list_runs("", 10).total == 2);
 }
