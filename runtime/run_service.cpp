@@ -260,6 +260,9 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
     swarm_instance actors;
     bool cancelling = false;
     std::string cancelled_by;
+    /// Its end is recorded (it leaves `active` once its actors are stopped):
+    /// no longer counted as running.
+    bool ended = false;
   };
 
   struct subscriber {
@@ -590,6 +593,11 @@ struct run_service::impl : std::enable_shared_from_this<impl> {
     }
     // Counted before it is announced: a client that saw the final status
     // finds it in the metrics too.
+    {
+      std::lock_guard<std::mutex> guard{mtx};
+      if (auto i = active.find(id); i != active.end())
+        i->second.ended = true;
+    }
     status_changed(rec, from);
     emit(s, id,
          json{{"type", "status"},
@@ -999,7 +1007,9 @@ int64_t run_service::queued() const {
 
 int64_t run_service::running() const {
   std::lock_guard<std::mutex> guard{impl_->mtx};
-  return static_cast<int64_t>(impl_->active.size());
+  return static_cast<int64_t>(
+    std::count_if(impl_->active.begin(), impl_->active.end(),
+                  [](const auto& run) { return !run.second.ended; }));
 }
 
 store& run_service::db() {

@@ -193,6 +193,9 @@ TEST_CASE("troupe serve: GET /metrics counts the runs it served, and "
   CHECK(value(samples, "troupe_run_steps_count", {{"swarm", "support-desk"}})
         == runs);
   CHECK(value(samples, "troupe_run_queue_wait_seconds_count") == runs);
+  // Both ended before the scrape: none counts as running.
+  CHECK(value(samples, "troupe_runs_running") == 0);
+  CHECK(value(samples, "troupe_runs", {{"status", "running"}}) == 0);
   CHECK(value(samples, "troupe_agent_runs_total",
               {{"agent", "support"}, {"status", "complete"}})
         == runs);
