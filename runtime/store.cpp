@@ -623,28 +623,29 @@ store::lock_reader(sqlite3*& db, detail::store_statements*& stmts) {
   return std::unique_lock<std::mutex>{rmtx_};
 }
 
+namespace {
+
+/// Finalizes a connection's statements and closes it (either may be null).
+void close_connection(sqlite3*& db, detail::store_statements* stmts,
+                      const std::string& path, const char* which) noexcept {
+  if (stmts != nullptr) {
+    for (auto& [sql, stmt] : stmts->by_sql)
+      sqlite3_finalize(stmt);
+    stmts->by_sql.clear();
+  }
+  if (db != nullptr) {
+    if (sqlite3_close_v2(db) != SQLITE_OK)
+      spdlog::warn("store {}: close ({}): {}", path, which,
+                   sqlite3_errmsg(db));
+    db = nullptr;
+  }
+}
+
+} // namespace
+
 void store::close() noexcept {
-  if (rstmts_) {
-    for (auto& [sql, stmt] : rstmts_->by_sql)
-      sqlite3_finalize(stmt);
-    rstmts_->by_sql.clear();
-  }
-  if (rdb_ != nullptr) {
-    if (sqlite3_close_v2(rdb_) != SQLITE_OK)
-      spdlog::warn("store {}: close (reader): {}", opts_.path,
-                   sqlite3_errmsg(rdb_));
-    rdb_ = nullptr;
-  }
-  if (stmts_) {
-    for (auto& [sql, stmt] : stmts_->by_sql)
-      sqlite3_finalize(stmt);
-    stmts_->by_sql.clear();
-  }
-  if (db_ != nullptr) {
-    if (sqlite3_close_v2(db_) != SQLITE_OK)
-      spdlog::warn("store {}: close: {}", opts_.path, sqlite3_errmsg(db_));
-    db_ = nullptr;
-  }
+  close_connection(rdb_, rstmts_.get(), opts_.path, "reader");
+  close_connection(db_, stmts_.get(), opts_.path, "writer");
 }
 
 int store::version() {

@@ -402,6 +402,15 @@ TEST_CASE("replies taken from the journal are counted once by a budget, in "
     return cfg;
   };
   budget_amount spent;
+  // The journal replayed every reply so far, and the budget counted what the
+  // first attempt spent exactly once.
+  auto counted_once = [&](runtime& rt, int replays) {
+    rt.flush_trace();
+    CHECK(replayed == replays);
+    INFO("used: " << describe(rt.budget_usage().used)
+                  << "; spent: " << describe(spent));
+    CHECK(rt.budget_usage().used == spent);
+  };
   {
     runtime rt{config()};
     attempt(rt);
@@ -413,11 +422,7 @@ TEST_CASE("replies taken from the journal are counted once by a budget, in "
     erase_checkpoints();
     // Again in this process: the budget already counted all three replies.
     attempt(rt);
-    rt.flush_trace();
-    CHECK(replayed == 3);
-    INFO("used: " << describe(rt.budget_usage().used)
-                  << "; spent: " << describe(spent));
-    CHECK(rt.budget_usage().used == spent);
+    counted_once(rt, 3);
     rt.shutdown();
   }
   erase_checkpoints();
@@ -426,11 +431,7 @@ TEST_CASE("replies taken from the journal are counted once by a budget, in "
     // counted, once.
     runtime rt{config()};
     attempt(rt);
-    rt.flush_trace();
-    CHECK(replayed == 6);
-    INFO("used: " << describe(rt.budget_usage().used)
-                  << "; spent: " << describe(spent));
-    CHECK(rt.budget_usage().used == spent);
+    counted_once(rt, 6);
     rt.shutdown();
   }
   CHECK(side_effects(dir).size() == 1);
