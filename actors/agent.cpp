@@ -437,8 +437,6 @@ constexpr auto checkpoint_timeout = std::chrono::seconds{10};
 /// The state a checkpoint keeps: everything the run needs to go on from the
 /// step it reached (the conversation, the steps and their results, usage,
 /// what the guardrails have counted).
-budget_amount spending(const active_run& run);
-
 json checkpoint_state(const active_run& run) {
   return json{{"messages", run.messages},
               {"steps", run.result.steps},

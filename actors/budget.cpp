@@ -293,7 +293,8 @@ struct budget_state {
   budget_config cfg;
   /// Every account by name; node-based, so pointers stay valid until erased.
   std::unordered_map<std::string, account> accounts;
-  /// What was counted per durable run key; swept like idle accounts.
+  /// What was counted per durable run key: kept while an account charged
+  /// under the key exists, then idle_ttl.
   std::unordered_map<std::string, counted_key> counted;
   /// A sweep message is on its way.
   bool sweep_pending = false;
